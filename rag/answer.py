@@ -1,0 +1,204 @@
+"""Question + retrieved papers -> an answer whose every citation is a real source.
+
+The LLM sees numbered, delimited sources and cites them as `[n]`; `resolve_citations` keeps
+only numbers that are sources and reports the rest. Without an LLM the answer is extractive:
+the sentence of each top paper closest to the question, cited the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rag import prompts
+from rag.errors import InputError
+
+if TYPE_CHECKING:
+    from rag.embed import Embedder
+    from rag.llm import LLM
+    from rag.retrieve import PaperHit
+    from rag.settings import Settings
+
+# The one refusal phrase: the prompt asks for it, `is_refusal` looks for it.
+NOT_COVERED = "The collection does not cover this question"
+EXTRACTIVE_NOTE = (
+    "Extractive answer: quoted from the most relevant abstracts, no LLM configured. "
+    "For written answers set OPENAI_API_KEY (and OPENAI_BASE_URL for a local "
+    "OpenAI-compatible server such as Ollama) and RAG_LLM_MODEL."
+)
+MAX_QUESTION_CHARS = 2000
+EXTRACTIVE_PAPERS = 3
+EXTRACTIVE_MARGIN = 0.12  # papers this far below the best one are not quoted
+CITATION = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[\"'])")
+
+
+@dataclass
+class Source:
+    """A retrieved paper as numbered for the LLM."""
+
+    n: int
+    paper_id: str
+    title: str
+    snippet: str
+    score: float
+    dates: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    mode: str  # "llm" or "extractive"
+    citations: list[Source]
+    sources: list[Source]
+    dropped_citations: list[int] = field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def refused(self) -> bool:
+        return is_refusal(self.answer)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "mode": self.mode,
+            "citations": [{"n": s.n, "paper_id": s.paper_id, "title": s.title} for s in self.citations],
+            "sources": [
+                {"n": s.n, "paper_id": s.paper_id, "title": s.title, "snippet": s.snippet}
+                for s in self.sources
+            ],
+            "dropped_citations": self.dropped_citations,
+            "note": self.note,
+        }
+
+
+def clean_question(question: str) -> str:
+    """The question without control characters, cut to a sane length; empty is an error."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in question).split())
+    if not text:
+        raise InputError("the question is empty")
+    return text[:MAX_QUESTION_CHARS]
+
+
+def is_refusal(text: str) -> bool:
+    return NOT_COVERED.casefold() in " ".join(text.split()).casefold()
+
+
+def number_sources(papers: Sequence[PaperHit]) -> list[Source]:
+    return [
+        Source(i, p.paper_id, p.title, p.snippet, p.score, list(p.dates))
+        for i, p in enumerate(papers, start=1)
+    ]
+
+
+def resolve_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[Source], list[int]]:
+    """Keep `[n]` markers that name a source, drop the others from the text and report them.
+
+    Returns the cleaned text, the cited sources in order of first citation, and the dropped
+    numbers (each once, in order of appearance).
+    """
+    by_n = {s.n: s for s in sources}
+    cited: dict[int, Source] = {}
+    dropped: list[int] = []
+
+    def fix(match: re.Match[str]) -> str:
+        numbers = [int(x) for x in re.findall(r"\d+", match.group(1))]
+        keep = [n for n in numbers if n in by_n]
+        for n in numbers:
+            if n in by_n:
+                cited.setdefault(n, by_n[n])
+            elif n not in dropped:
+                dropped.append(n)
+        return "".join(f"[{n}]" for n in keep)
+
+    cleaned = CITATION.sub(fix, text)
+    cleaned = re.sub(r"[ \t]+([.,;:])", r"\1", cleaned).strip()
+    return cleaned, list(cited.values()), dropped
+
+
+def format_sources(sources: Sequence[Source]) -> str:
+    return "\n".join(
+        prompts.render("source", n=s.n, title=s.title, text=s.snippet) for s in sources
+    )
+
+
+def build_messages(question: str, sources: Sequence[Source]) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": prompts.render("answer_system", refusal=NOT_COVERED)},
+        {
+            "role": "user",
+            "content": prompts.render("answer_user", sources=format_sources(sources), question=question),
+        },
+    ]
+
+
+def refusal(question: str, sources: list[Source], mode: str, note: str | None) -> Answer:
+    return Answer(question, f"{NOT_COVERED}.", mode, [], sources, [], note)
+
+
+def llm_answer(
+    question: str,
+    sources: list[Source],
+    llm: LLM,
+    on_token: Callable[[str], None] | None = None,
+) -> Answer:
+    """The LLM's answer over `sources`, streamed through `on_token` when given."""
+    messages = build_messages(question, sources)
+    if on_token is None:
+        raw = llm.complete(messages)
+    else:
+        parts = []
+        for delta in llm.stream(messages):
+            parts.append(delta)
+            on_token(delta)
+        raw = "".join(parts)
+    text, cited, dropped = resolve_citations(raw, sources)
+    if is_refusal(text) or not text:
+        return Answer(question, f"{NOT_COVERED}.", "llm", [], sources, dropped)
+    return Answer(question, text, "llm", cited, sources, dropped)
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in SENTENCE_END.split(text) if len(s.strip()) > 20]
+
+
+def extractive_answer(question: str, sources: list[Source], embedder: Embedder) -> Answer:
+    """One quoted sentence from each of the top papers, the one closest to the question."""
+    best = sources[0].score
+    chosen = [s for s in sources[:EXTRACTIVE_PAPERS] if s.score >= best - EXTRACTIVE_MARGIN]
+    candidates = [(s, sentence) for s in chosen for sentence in split_sentences(s.snippet) or [s.snippet]]
+    vectors = embedder.embed([question] + [sentence for _, sentence in candidates])
+    similarity = vectors[1:] @ vectors[0]
+    lines = []
+    for source in chosen:
+        rows = [i for i, (s, _) in enumerate(candidates) if s.n == source.n]
+        top = rows[int(np.argmax(similarity[rows]))]
+        lines.append(f"- {candidates[top][1]} [{source.n}]")
+    text, cited, _ = resolve_citations("\n".join(lines), sources)
+    return Answer(question, text, "extractive", cited, sources, [], EXTRACTIVE_NOTE)
+
+
+def answer_question(
+    question: str,
+    papers: Sequence[PaperHit],
+    settings: Settings,
+    embedder: Embedder,
+    llm: LLM | None = None,
+    on_token: Callable[[str], None] | None = None,
+) -> Answer:
+    """Answer from already retrieved `papers`; `llm=None` gives the extractive answer."""
+    sources = number_sources(papers)
+    mode = "llm" if llm is not None else "extractive"
+    note = None if llm is not None else EXTRACTIVE_NOTE
+    if not sources or sources[0].score < settings.min_relevance:
+        return refusal(question, sources, mode, note)
+    if llm is None:
+        return extractive_answer(question, sources, embedder)
+    return llm_answer(question, sources, llm, on_token)
+

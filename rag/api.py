@@ -1,0 +1,114 @@
+"""The entry layer: what the CLI, the UI and scripts call. Each function takes `settings`
+explicitly, and collaborators (retriever, LLM, embedder) that callers may swap."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rag.corpus import Fields, Paper, Problem, expand_paths, iter_file
+from rag.errors import InputError
+
+if TYPE_CHECKING:
+    from rag.answer import Answer
+    from rag.embed import Embedder
+    from rag.index import IngestReport
+    from rag.llm import LLM
+    from rag.retrieve import PaperHit, Retriever
+    from rag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _read_all(files: Sequence[Path], fields: Fields, errors: list[str]) -> Iterator[Paper]:
+    """Papers of every file; a bad file or record is recorded in `errors` and skipped."""
+    for path in files:
+        try:
+            for item in iter_file(path, fields):
+                if isinstance(item, Problem):
+                    errors.append(str(item))
+                else:
+                    yield item
+        except InputError as exc:
+            errors.append(str(exc))
+
+
+def ingest(
+    paths: Iterable[Path] | None,
+    settings: Settings,
+    fields: Fields = Fields(),
+    embedder: Embedder | None = None,
+    progress: bool = False,
+) -> IngestReport:
+    """Add the papers of `paths` (default: the bundled corpus) to the index, incrementally."""
+    from rag.embed import get_embedder
+    from rag.index import ingest_papers
+
+    errors: list[str] = []
+    try:
+        files = expand_paths(list(paths) if paths else [settings.corpus_dir])
+    except InputError as exc:
+        errors.append(str(exc))
+        files = []
+    embedder = embedder or get_embedder(settings)
+    report = ingest_papers(_read_all(files, fields, errors), settings, embedder, progress=progress)
+    report.errors = errors
+    return report
+
+
+def ensure_index(settings: Settings, embedder: Embedder, progress: bool = False) -> None:
+    """Build the index from the bundled corpus on first use."""
+    from rag.index import Store
+
+    if not Store(settings, embedder.name).exists():
+        log.warning("no index yet: building it from the bundled corpus (%s)", settings.corpus_dir)
+        ingest(None, settings, embedder=embedder, progress=progress)
+
+
+def search(
+    query: str,
+    settings: Settings,
+    k: int | None = None,
+    retriever: Retriever | None = None,
+) -> list[PaperHit]:
+    """The best papers for `query`, best first."""
+    from rag.answer import clean_question
+    from rag.embed import get_embedder
+    from rag.retrieve import get_retriever
+
+    query = clean_question(query)
+    if retriever is None:
+        embedder = get_embedder(settings)
+        ensure_index(settings, embedder)
+        retriever = get_retriever(settings, embedder)
+    return retriever.search(query, k or settings.top_k)
+
+
+def ask(
+    question: str,
+    settings: Settings,
+    k: int | None = None,
+    no_llm: bool = False,
+    llm: LLM | None = None,
+    retriever: Retriever | None = None,
+    embedder: Embedder | None = None,
+    on_token: Callable[[str], None] | None = None,
+) -> Answer:
+    """A cited answer to `question`: from the LLM when one is configured, else extractive."""
+    from rag.answer import answer_question, clean_question
+    from rag.embed import get_embedder
+    from rag.retrieve import get_retriever
+
+    question = clean_question(question)
+    embedder = embedder or get_embedder(settings)
+    if retriever is None:
+        ensure_index(settings, embedder)
+        retriever = get_retriever(settings, embedder)
+    if llm is None and not no_llm and settings.llm_configured:
+        from rag.llm import LLM
+
+        llm = LLM(settings)
+    papers = retriever.search(question, k or settings.top_k)
+    return answer_question(question, papers, settings, embedder, None if no_llm else llm, on_token)

@@ -1,0 +1,178 @@
+"""The `rag` command: a thin shell over `rag.api`. Heavy imports live inside the commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+if TYPE_CHECKING:
+    from rag.answer import Answer
+    from rag.settings import Settings
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"rag: error: {message}", err=True)
+    sys.exit(code)
+
+
+class RagGroup(click.Group):
+    """Turns the project's errors into one line on stderr and the documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from pydantic import ValidationError
+
+        from rag.errors import RagError
+
+        try:
+            return super().invoke(ctx)
+        except RagError as exc:
+            fail(str(exc), exc.exit_code)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+            )
+            fail(f"invalid settings ({problems})", 2)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    from rag.settings import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@click.group(cls=RagGroup, context_settings=CONTEXT)
+@click.version_option(package_name="rag", prog_name="rag")
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens (to stderr).")
+def main(verbose: bool) -> None:
+    """A literature assistant: cited answers over research-paper abstracts.
+
+    \b
+    Example:
+      rag ask "Which papers study the Lion optimizer?"
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="rag: %(message)s"
+    )
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--title-field", help="JSONL/CSV field holding the title (default: title).")
+@click.option("--text-field", help="JSONL/CSV field holding the abstract (default: abstract or text).")
+@click.option("--id-field", help="JSONL/CSV field holding a paper id (default: _id or id, else derived from the title).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+def ingest(
+    paths: tuple[Path, ...],
+    title_field: str | None,
+    text_field: str | None,
+    id_field: str | None,
+    as_json: bool,
+) -> None:
+    """Add papers to the index (default: the bundled corpus). Unchanged papers are skipped.
+
+    \b
+    Reads Daily Papers listing pages (.txt), JSON Lines (.jsonl) and CSV (.csv).
+    Example:
+      rag ingest my_papers.jsonl --title-field title --text-field text
+    """
+    from dataclasses import asdict
+
+    from rag import api
+    from rag.corpus import Fields
+
+    settings = load_settings()
+    fields = Fields(title_field, text_field, id_field)
+    report = api.ingest(list(paths), settings, fields, progress=sys.stderr.isatty())
+    if as_json:
+        emit_json(asdict(report))
+    else:
+        for error in report.errors:
+            click.echo(f"rag: warning: {error}", err=True)
+        click.echo(
+            f"{report.papers_read} papers read: {report.papers_added} added, "
+            f"{report.papers_updated} updated, {report.papers_unchanged} unchanged; "
+            f"{report.chunks_embedded} chunks embedded, {report.chunks_deleted} removed; "
+            f"{report.papers_total} papers in the index"
+        )
+    if report.papers_read == 0 and report.errors:
+        fail(f"nothing could be read ({len(report.errors)} problem(s); first: {report.errors[0]})", 2)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("query")
+@click.option("-k", "--k", "k", type=click.IntRange(1, 100), help="Number of papers (default 5).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def search(query: str, k: int | None, as_json: bool) -> None:
+    """Find the papers that best match QUERY.
+
+    \b
+    Example:
+      rag search "multiplication-free attention" --k 3 --json
+    """
+    from rag import api
+
+    papers = api.search(query, load_settings(), k)
+    if as_json:
+        results = [{"rank": i, **p.to_json()} for i, p in enumerate(papers, start=1)]
+        emit_json({"query": query, "results": results})
+        return
+    for i, paper in enumerate(papers, start=1):
+        click.echo(f"{i:>2}. {paper.title}  ({paper.score:.3f})")
+        click.echo(f"    {paper.snippet[:200]}...")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("question")
+@click.option("-k", "--k", "k", type=click.IntRange(1, 50), help="Papers given as sources (default 5).")
+@click.option("--no-llm", is_flag=True, help="Answer extractively, without the LLM.")
+@click.option("--model", help="Chat model name (overrides RAG_LLM_MODEL).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ask(question: str, k: int | None, no_llm: bool, model: str | None, as_json: bool) -> None:
+    """Answer QUESTION from the collection, citing the papers used.
+
+    \b
+    Example:
+      rag ask "How does L-Mul replace floating point multiplication?"
+    """
+    from rag import api
+
+    settings = load_settings(llm_model=model)
+    streamed: list[str] = []
+
+    def show(token: str) -> None:
+        streamed.append(token)
+        click.echo(token, nl=False)
+
+    live = not as_json and sys.stdout.isatty()
+    answer = api.ask(question, settings, k, no_llm=no_llm, on_token=show if live else None)
+    if as_json:
+        emit_json(answer.to_json())
+    else:
+        print_answer(answer, streamed=bool(streamed))
+
+
+def print_answer(answer: Answer, streamed: bool) -> None:
+    if answer.note:
+        click.echo(f"[{answer.note}]\n", err=True)
+    click.echo("\n" if streamed else answer.answer)
+    if answer.citations:
+        click.echo("\nSources:")
+        for source in answer.citations:
+            when = f" ({', '.join(source.dates)})" if source.dates else ""
+            click.echo(f"  [{source.n}] {source.title}{when}")
+    if answer.dropped_citations:
+        numbers = ", ".join(f"[{n}]" for n in answer.dropped_citations)
+        click.echo(f"\nDropped citations (not among the sources): {numbers}", err=True)

@@ -1,0 +1,294 @@
+"""Files -> `Paper` records.
+
+Three input formats:
+
+* Hugging Face "Daily Papers" listing pages saved as text (`.txt`): page chrome, an optional
+  listing date ("May 8"), then alternating title and abstract lines;
+* JSON Lines (`.jsonl`, `.ndjson`, `.json`) and CSV (`.csv`, `.tsv`) with configurable title,
+  text and id fields, so a BEIR `corpus.jsonl` (`_id`, `title`, `text`) loads as it is.
+
+Loaders are generators: they yield `Paper` records and `Problem`s (a bad record: the file and
+line, and what is wrong) and raise `InputError` only when a whole file is unreadable.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rag.errors import InputError
+
+LISTING_SUFFIXES = frozenset({".txt", ".md"})
+JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
+CSV_SUFFIXES = frozenset({".csv", ".tsv"})
+KNOWN_SUFFIXES = LISTING_SUFFIXES | JSONL_SUFFIXES | CSV_SUFFIXES
+
+# Lines of page chrome on a Daily Papers listing page, compared after whitespace is collapsed.
+CHROME_LINES = frozenset(
+    {
+        "new",
+        "get trending papers in your email inbox!",
+        "get trending papers in your email inbox once a day!",
+        "subscribe",
+        "daily papers",
+        "byak and the research community",
+    }
+)
+# "Subscribe" is sometimes glued to the first title of the page ("SubscribeAddition is...").
+GLUED_CHROME = re.compile(r"^Subscribe(?=[A-Z0-9])")
+_MONTHS = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec"
+DATE_LINE = re.compile(rf"^(?:{_MONTHS})[a-z]*\.? \d{{1,2}}(?:, \d{{4}})?$")
+# An abstract is a paragraph; a title is a line. Real titles stay under 30 words (the bundled
+# corpus: at most 20 words, 147 characters; abstracts at least 74 words, 519 characters).
+ABSTRACT_MIN_WORDS = 30
+ABSTRACT_MIN_CHARS = 200
+BINARY_SNIFF_BYTES = 8192
+
+
+@dataclass(frozen=True, order=True)
+class Listing:
+    """One appearance of a paper on a listing page (`source`), with the page's date if any."""
+
+    source: str
+    date: str | None = None
+
+
+@dataclass
+class Paper:
+    """A paper: stable id, title, abstract, every listing it was seen on, free-form metadata."""
+
+    paper_id: str
+    title: str
+    abstract: str
+    listings: tuple[Listing, ...] = ()
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def merged_with(self, other: Paper) -> Paper:
+        """This paper with `other`'s listings added; `other`'s text wins (it is newer)."""
+        listings = tuple(sorted(set(self.listings) | set(other.listings)))
+        return Paper(
+            other.paper_id, other.title, other.abstract, listings, {**self.meta, **other.meta}
+        )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A record that could not be read; `str()` gives the one-line message."""
+
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Field names of JSONL/CSV records; `None` means: try the usual names."""
+
+    title: str | None = None
+    text: str | None = None
+    id: str | None = None
+
+    def title_names(self) -> tuple[str, ...]:
+        return (self.title,) if self.title else ("title",)
+
+    def text_names(self) -> tuple[str, ...]:
+        return (self.text,) if self.text else ("abstract", "text", "summary")
+
+    def id_names(self) -> tuple[str, ...]:
+        return (self.id,) if self.id else ("_id", "id", "paper_id")
+
+
+def clean_text(text: str) -> str:
+    """Normalise Unicode (NFC), drop control characters and collapse whitespace."""
+    text = unicodedata.normalize("NFC", text)
+    text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
+    return " ".join(text.split())
+
+
+def normalise_title(title: str) -> str:
+    """The form of a title that identifies a paper: case, punctuation and spacing ignored."""
+    folded = unicodedata.normalize("NFKC", title).casefold()
+    return " ".join(re.sub(r"[\W_]+", " ", folded).split())
+
+
+def paper_id_for(title: str) -> str:
+    """A stable id derived from the normalised title (12 hex digits of its SHA-1)."""
+    return hashlib.sha1(normalise_title(title).encode("utf-8")).hexdigest()[:12]
+
+
+def read_text(path: Path) -> str:
+    """The text of a file, or an `InputError` that names the file and what is wrong with it."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file")
+    data = path.read_bytes()
+    if not data.strip():
+        raise InputError(f"{path}: file is empty")
+    if b"\x00" in data[:BINARY_SNIFF_BYTES]:
+        raise InputError(f"{path}: looks like a binary file, expected text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"{path}:{line}: not UTF-8 text (invalid byte 0x{data[exc.start]:02x}); "
+            "convert the file to UTF-8"
+        ) from None
+
+
+def detect_format(path: Path) -> str:
+    """'listing', 'jsonl' or 'csv' from the file name; an `InputError` for anything else."""
+    suffix = path.suffix.lower()
+    if suffix in LISTING_SUFFIXES:
+        return "listing"
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix in CSV_SUFFIXES:
+        return "csv"
+    raise InputError(
+        f"{path}: unknown file type '{suffix or '(none)'}'; "
+        "expected a listing page (.txt), JSON Lines (.jsonl) or CSV (.csv)"
+    )
+
+
+def expand_paths(paths: Iterable[Path]) -> list[Path]:
+    """Files named directly, plus the known-type files found under named directories."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in KNOWN_SUFFIXES)
+            if not found:
+                raise InputError(f"{path}: directory holds no .txt, .jsonl or .csv files")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def iter_file(path: Path, fields: Fields = Fields()) -> Iterator[Paper | Problem]:
+    """Papers and problems of one file, whatever its format."""
+    fmt = detect_format(path)
+    text = read_text(path)
+    if fmt == "listing":
+        yield from parse_listing_page(text, source=path.name)
+    elif fmt == "jsonl":
+        yield from parse_jsonl(text, str(path), fields)
+    else:
+        yield from parse_csv(text, str(path), fields, delimiter="\t" if path.suffix == ".tsv" else ",")
+
+
+def _looks_like_abstract(line: str) -> bool:
+    return len(line) >= ABSTRACT_MIN_CHARS or len(line.split()) >= ABSTRACT_MIN_WORDS
+
+
+def _page_lines(text: str) -> Iterator[tuple[int, str]]:
+    """Numbered non-blank lines of a listing page, with chrome removed."""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = clean_text(raw)
+        if not line or line.casefold() in CHROME_LINES:
+            continue
+        line = GLUED_CHROME.sub("", line)
+        yield number, line
+
+
+def parse_listing_page(text: str, source: str) -> Iterator[Paper | Problem]:
+    """Papers of one Daily Papers listing page; a title with no abstract is a `Problem`."""
+    date: str | None = None
+    pending: tuple[int, str] | None = None  # a title waiting for its abstract
+    for number, line in _page_lines(text):
+        if DATE_LINE.match(line):
+            date = line
+            continue
+        if not _looks_like_abstract(line):
+            if pending:
+                yield Problem(source, pending[0], f"title without an abstract: {pending[1]!r}")
+            pending = (number, line)
+        elif pending is None:
+            yield Problem(source, number, "abstract without a title")
+        else:
+            title = pending[1]
+            yield Paper(paper_id_for(title), title, line, (Listing(source, date),))
+            pending = None
+    if pending:
+        yield Problem(source, pending[0], f"title without an abstract: {pending[1]!r}")
+
+
+def _first(record: dict[str, object], names: tuple[str, ...]) -> str:
+    for name in names:
+        value = record.get(name)
+        if value is not None and not isinstance(value, (dict, list)):
+            return clean_text(str(value))
+    return ""
+
+
+def _record_to_paper(
+    record: dict[str, object], where: str, line: int, fields: Fields, source: str
+) -> Paper | Problem:
+    title = _first(record, fields.title_names())
+    text = _first(record, fields.text_names())
+    if not title:
+        return Problem(where, line, f"record has no title (field {'/'.join(fields.title_names())})")
+    if not text:
+        return Problem(
+            where, line, f"record {title!r} has no abstract (field {'/'.join(fields.text_names())})"
+        )
+    paper_id = _first(record, fields.id_names()) or paper_id_for(title)
+    return Paper(paper_id, title, text, (Listing(source),))
+
+
+def parse_jsonl(text: str, where: str, fields: Fields = Fields()) -> Iterator[Paper | Problem]:
+    """Papers of a JSON Lines text, one object per line."""
+    source = Path(where).name
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except ValueError as exc:
+            yield Problem(where, number, f"not valid JSON ({exc.__class__.__name__}: {exc})")
+            continue
+        if not isinstance(record, dict):
+            yield Problem(where, number, "expected a JSON object with title and text fields")
+            continue
+        yield _record_to_paper(record, where, number, fields, source)
+
+
+def parse_csv(
+    text: str, where: str, fields: Fields = Fields(), delimiter: str = ","
+) -> Iterator[Paper | Problem]:
+    """Papers of a CSV text whose first row names the columns."""
+    source = Path(where).name
+    csv.field_size_limit(2**31 - 1)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    columns = reader.fieldnames or []
+    if not any(name in columns for name in fields.title_names()):
+        raise InputError(
+            f"{where}:1: no title column (looked for {'/'.join(fields.title_names())}; "
+            f"found {', '.join(map(str, columns)) or 'none'}); use --title-field"
+        )
+    try:
+        for record in reader:
+            yield _record_to_paper(record, where, reader.line_num, fields, source)
+    except csv.Error as exc:
+        yield Problem(where, reader.line_num, f"malformed CSV: {exc}")
+
+
+def merge_papers(items: Iterable[Paper]) -> dict[str, Paper]:
+    """Papers by id; a paper seen several times keeps every listing."""
+    papers: dict[str, Paper] = {}
+    for paper in items:
+        known = papers.get(paper.paper_id)
+        papers[paper.paper_id] = known.merged_with(paper) if known else paper
+    return papers

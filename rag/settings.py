@@ -1,0 +1,96 @@
+"""The one settings object. Nothing else in the project reads the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    """Settings from `RAG_*` environment variables, a `.env` file, or keyword arguments.
+
+    `OPENAI_API_KEY` and `OPENAI_BASE_URL` keep their standard names.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAG_",
+        env_file=".env",
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+    # --- storage -------------------------------------------------------------------------
+    index_dir: Path = Field(
+        default=PROJECT_ROOT / "index" / "store",
+        description="Directory of the persisted Chroma store and the index's side files.",
+    )
+    corpus_dir: Path = Field(
+        default=PROJECT_ROOT / "index" / "corpus",
+        description="The bundled corpus: `rag ingest` with no path reads every file here.",
+    )
+    collection: str = Field(default="papers", description="Name of the Chroma collection.")
+
+    # --- embeddings and chunking -----------------------------------------------------------
+    embed_model: str = Field(
+        default=DEFAULT_MODEL,
+        description=(
+            f"Embedding model. '{DEFAULT_MODEL}' is the bundled offline MiniLM; "
+            "'openai:NAME' uses the OpenAI embeddings API; "
+            "'sentence-transformers:PATH' loads a local sentence-transformers model."
+        ),
+    )
+    embed_batch_size: int = Field(default=32, ge=1, description="Texts per embedding batch.")
+    chunk_tokens: int = Field(
+        default=256,
+        ge=32,
+        description="Largest chunk, in the embedding model's word pieces, title included.",
+    )
+    chunk_overlap: int = Field(
+        default=32, ge=0, description="Word pieces shared by consecutive chunks of one abstract."
+    )
+
+    # --- retrieval -------------------------------------------------------------------------
+    top_k: int = Field(default=5, ge=1, le=100, description="Papers given to the answer step.")
+    min_relevance: float = Field(
+        default=0.30,
+        description=(
+            "Cosine similarity below which the best paper is judged not to answer the question "
+            "(the collection does not cover it)."
+        ),
+    )
+
+    # --- LLM -------------------------------------------------------------------------------
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"),
+        description="API key of the OpenAI-compatible endpoint.",
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"),
+        description="Base URL of an OpenAI-compatible endpoint (Ollama, vLLM, llama.cpp...).",
+    )
+    llm_model: str = Field(default="gpt-4o-mini", description="Chat model name.")
+    llm_temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature.")
+    llm_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds allowed for one answer, retries included."
+    )
+    llm_max_retries: int = Field(
+        default=3, ge=0, description="Retries of a failed LLM request (429, 5xx, connection)."
+    )
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def llm_configured(self) -> bool:
+        """True when an LLM endpoint is configured (a key, or a local server's base URL)."""
+        key = self.openai_api_key.get_secret_value() if self.openai_api_key else ""
+        return bool(key or self.openai_base_url)

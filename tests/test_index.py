@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rag.corpus import Listing, Paper, iter_file, merge_papers
+from rag.errors import IndexMismatchError, RagError
+from rag.index import Chunker, Store, ingest_lock, ingest_papers
+from rag.settings import Settings
+from tests.helpers import HashEmbedder, make_paper
+
+SENTENCE = "Sparse mixtures of experts route each token to a few expert networks. "
+
+
+def papers() -> list[Paper]:
+    return [
+        make_paper("Routing Experts", SENTENCE * 12, "a.txt", "May 8"),  # several chunks
+        make_paper("Pointer Networks", "Attention selects input positions as outputs. " * 3, "a.txt"),
+        make_paper("Lion Optimizer", "A sign-based optimizer found by program search. " * 3, "b.txt"),
+    ]
+
+
+def snapshot(store: Store) -> dict[str, tuple[str, str]]:
+    got = store.col.get(include=["documents", "metadatas"])
+    return {
+        cid: (doc, meta["content_hash"])
+        for cid, doc, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
+    }
+
+
+def test_second_ingest_embeds_nothing_and_keeps_the_same_chunks(settings: Settings) -> None:
+    embedder = HashEmbedder()
+    first = ingest_papers(papers(), settings, embedder)
+    store = Store(settings, embedder.name)
+    before = snapshot(store)
+    assert first.papers_added == 3 and first.chunks_embedded == len(before) > 3
+
+    embedder.texts_embedded = 0
+    second = ingest_papers(papers(), settings, embedder)
+    assert (second.chunks_embedded, second.papers_added, second.papers_updated) == (0, 0, 0)
+    assert second.papers_unchanged == 3
+    assert embedder.texts_embedded == 0
+    assert snapshot(store) == before
+
+
+def test_changed_abstract_replaces_only_that_papers_chunks(settings: Settings) -> None:
+    embedder = HashEmbedder()
+    ingest_papers(papers(), settings, embedder)
+    store = Store(settings, embedder.name)
+    before = snapshot(store)
+    changed = papers()
+    changed[0] = make_paper("Routing Experts", "A much shorter abstract now.", "a.txt", "May 8")
+
+    report = ingest_papers(changed, settings, embedder)
+    after = snapshot(store)
+    pid = changed[0].paper_id
+    assert report.papers_updated == 1 and report.chunks_embedded == 1
+    assert report.chunks_deleted == sum(1 for c in before if c.startswith(pid)) - 1
+    assert {c: v for c, v in after.items() if not c.startswith(pid)} == {
+        c: v for c, v in before.items() if not c.startswith(pid)
+    }
+    assert [doc for c, (doc, _) in after.items() if c.startswith(pid)] == ["A much shorter abstract now."]
+
+
+def test_new_listing_is_recorded_without_embedding(settings: Settings) -> None:
+    embedder = HashEmbedder()
+    ingest_papers(papers(), settings, embedder)
+    embedder.texts_embedded = 0
+    relisted = make_paper("Pointer Networks", papers()[1].abstract, "c.txt", "Jul 30")
+    report = ingest_papers([relisted], settings, embedder)
+    assert report.papers_updated == 1 and embedder.texts_embedded == 0
+    meta = Store(settings, embedder.name).chunk_states([relisted.paper_id])[relisted.paper_id][0]
+    assert meta["sources"] == ["a.txt", "c.txt"] and meta["dates"] == ["Jul 30"]
+
+
+def test_half_written_paper_is_redone(settings: Settings) -> None:
+    embedder = HashEmbedder()
+    ingest_papers(papers(), settings, embedder)
+    store = Store(settings, embedder.name)
+    before = snapshot(store)
+    pid = papers()[0].paper_id
+    store.delete([f"{pid}#1"])  # as if killed between writes
+    report = ingest_papers(papers(), settings, embedder)
+    assert report.papers_updated == 1
+    assert snapshot(store) == before
+
+
+def test_paper_repeated_across_batches_counts_once(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("rag.index.PAPER_BATCH", 1)
+    twice = [*papers(), make_paper("Pointer Networks", papers()[1].abstract, "z.txt")]
+    report = ingest_papers(twice, settings, HashEmbedder())
+    assert (report.papers_read, report.papers_added, report.papers_updated) == (3, 3, 0)
+    meta = Store(settings, "test-hash").chunk_states([papers()[1].paper_id])[papers()[1].paper_id][0]
+    assert meta["sources"] == ["a.txt", "z.txt"]
+
+
+def test_querying_with_another_model_is_refused(settings: Settings) -> None:
+    ingest_papers(papers(), settings, HashEmbedder())
+    with pytest.raises(IndexMismatchError, match="built with embedding model 'test-hash'"):
+        Store(settings, "all-MiniLM-L6-v2").count()
+
+
+def test_foreign_collection_is_refused_not_wiped(settings: Settings) -> None:
+    store = Store(settings, "test-hash")
+    store.client.create_collection(settings.collection, embedding_function=None, metadata={"other": "tool"})
+    store.client.get_collection(settings.collection).add(ids=["x"], embeddings=[[1.0, 0.0]], documents=["theirs"])
+    with pytest.raises(IndexMismatchError, match="not built by this tool"):
+        ingest_papers(papers(), settings, HashEmbedder())
+    assert store.client.get_collection(settings.collection).get()["documents"] == ["theirs"]
+
+
+def test_missing_index_is_a_clear_error(settings: Settings) -> None:
+    with pytest.raises(RagError, match="no index at .*run `rag ingest` first"):
+        Store(settings, "test-hash").count()
+
+
+def test_second_writer_is_told_index_is_busy(settings: Settings) -> None:
+    with ingest_lock(settings.index_dir), pytest.raises(RagError, match="index is busy"):
+        ingest_papers(papers(), settings, HashEmbedder())
+
+
+def test_chunks_fit_the_minilm_window_with_their_title(bundled_corpus: Path) -> None:
+    """Measured with the real MiniLM tokenizer: title + chunk never exceed 254 word pieces."""
+    from rag.embed import MiniLMEmbedder, bundled_minilm_path
+
+    embedder = MiniLMEmbedder(bundled_minilm_path())
+    assert embedder.max_tokens == 254  # 256 minus [CLS] and [SEP]
+    chunker = Chunker(embedder.count_tokens, embedder.max_tokens, 32)
+    corpus = merge_papers(
+        x for f in sorted(bundled_corpus.glob("*.txt")) for x in iter_file(f) if isinstance(x, Paper)
+    )
+    longest, split_papers = 0, 0
+    for paper in corpus.values():
+        chunks = chunker.split(paper)
+        split_papers += len(chunks) > 1
+        for chunk in chunks:
+            longest = max(longest, embedder.count_tokens(f"{paper.title}\n{chunk}"))
+        # Nothing of the abstract is lost: every sentence start appears in some chunk.
+        assert chunks[0][:40] == paper.abstract[:40] and paper.abstract.endswith(chunks[-1][-40:])
+    assert longest <= 254
+    assert split_papers > 100  # most abstracts exceed the window: splitting really happens
+
+
+def test_listing_metadata_round_trip(settings: Settings) -> None:
+    paper = Paper("id1", "T", "Some abstract text here.", (Listing("p1", "May 8"), Listing("p2", None)))
+    ingest_papers([paper], settings, HashEmbedder())
+    meta = Store(settings, "test-hash").chunk_states(["id1"])["id1"][0]
+    assert meta["title"] == "T" and meta["paper_id"] == "id1"
+    assert meta["dates"] == ["May 8"] and meta["sources"] == ["p1", "p2"]
