@@ -1,3 +1,3 @@
 from rag.cli import main
 
-main()
+main(prog_name="rag")

@@ -96,9 +96,10 @@ def ingest(
     settings = load_settings()
     fields = Fields(title_field, text_field, id_field)
     report = api.ingest(list(paths), settings, fields, progress=sys.stderr.isatty())
+    nothing_read = report.papers_read == 0 and bool(report.errors)
     if as_json:
         emit_json(asdict(report))
-    else:
+    elif not nothing_read:
         for error in report.errors:
             click.echo(f"rag: warning: {error}", err=True)
         click.echo(
@@ -107,8 +108,9 @@ def ingest(
             f"{report.chunks_embedded} chunks embedded, {report.chunks_deleted} removed; "
             f"{report.papers_total} papers in the index"
         )
-    if report.papers_read == 0 and report.errors:
-        fail(f"nothing could be read ({len(report.errors)} problem(s); first: {report.errors[0]})", 2)
+    if nothing_read:
+        more = f" (and {len(report.errors) - 1} more problems)" if len(report.errors) > 1 else ""
+        fail(f"nothing could be read: {report.errors[0]}{more}", 2)
 
 
 @main.command(context_settings=CONTEXT)

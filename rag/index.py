@@ -220,7 +220,7 @@ class Store:
                 configuration={"hnsw": {"space": "cosine"}},
                 metadata=self._expected_metadata(),
             )
-        self.__dict__.pop("col", None)
+            self.__dict__.pop("col", None)
 
     @cached_property
     def col(self) -> Any:
@@ -335,17 +335,18 @@ def ingest_papers(
     budget = min(embedder.max_tokens, settings.chunk_tokens)
     chunker = Chunker(embedder.count_tokens, budget, settings.chunk_overlap)
     with ingest_lock(settings.index_dir):
-        store.create()
-        store.col  # noqa: B018 - checks the recorded model before anything is written
+        if store.exists():
+            store.col  # noqa: B018 - checks the recorded model before anything is read
         # A paper seen in several batches (several pages) is counted once, by its first status.
         status: dict[str, str] = {}
         with tqdm(desc="embedding", unit="chunk", disable=not progress, leave=False) as bar:
             for batch in _batched(papers, PAPER_BATCH):
+                store.create()  # on the first batch: reading nothing creates no index
                 for pid, state in _ingest_batch(batch, store, chunker, embedder, settings, report, bar).items():
                     if status.get(pid, "unchanged") == "unchanged":
                         status[pid] = state
         report.count(status)
-        report.papers_total = store.paper_count()
+        report.papers_total = store.paper_count() if store.exists() else 0
     return report
 
 

@@ -82,6 +82,7 @@ class DenseRetriever:
         self.embedder = embedder
 
     def search(self, query: str, k: int) -> list[PaperHit]:
+        self.store.col  # noqa: B018 - a model mismatch is reported before any embedding call
         vector = self.embedder.embed([query])[0]
         return to_papers(self.store.query(vector, k * CHUNKS_PER_PAPER), k)
 

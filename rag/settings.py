@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # --- retrieval -------------------------------------------------------------------------
     top_k: int = Field(default=5, ge=1, le=100, description="Papers given to the answer step.")
     min_relevance: float = Field(
-        default=0.30,
+        default=0.40,
         description=(
             "Cosine similarity below which the best paper is judged not to answer the question "
             "(the collection does not cover it)."

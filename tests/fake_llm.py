@@ -78,7 +78,8 @@ class FakeLLM:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with fake._lock:
                     fake.requests.append(
-                        {"path": self.path, "body": body, "headers": dict(self.headers)}
+                        {"path": self.path, "body": body,
+                         "headers": {k.lower(): v for k, v in self.headers.items()}}
                     )
                 if fake.delay:
                     time.sleep(fake.delay)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) and installs the project into it. Sourced by run.sh and test.sh.
+# Usage: source scripts/setup.sh [EXTRA]   (EXTRA: test)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${RAG_VENV:-$ROOT/.venv}"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+extra="${1:-}"
+if [ "$extra" = "test" ]; then
+  # torch only serves the test that checks our NumPy MiniLM against sentence-transformers.
+  # Pinned: the CPU build; an unpinned torch pulls a multi-GB CUDA build.
+  "$VENV/bin/pip" install -q "torch==2.13.0"
+  "$VENV/bin/pip" install -q -e "$ROOT[test]"
+else
+  "$VENV/bin/pip" install -q -e "$ROOT"
+fi
+export PATH="$VENV/bin:$PATH"

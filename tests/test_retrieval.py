@@ -1,0 +1,36 @@
+"""Retrieval over the bundled corpus with the real MiniLM (the index is built once per session)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rag import api
+from rag.settings import Settings
+
+QUESTIONS = [json.loads(line) for line in (Path(__file__).parent / "data" / "dev_sample.jsonl").open()]
+
+
+@pytest.mark.parametrize("q", QUESTIONS, ids=[q["qid"] for q in QUESTIONS])
+def test_paraphrased_question_finds_its_papers(corpus_settings: Settings, q: dict) -> None:
+    titles = [p.title for p in api.search(q["question"], corpus_settings, k=5)]
+    assert len(titles) == len(set(titles)) == 5  # one entry per paper
+    if q["type"] == "multi":
+        assert set(q["gold_titles"]) <= set(titles)
+    else:
+        assert titles[0] == q["gold_titles"][0]
+
+
+def test_snippet_is_the_best_chunk_of_the_paper(corpus_settings: Settings) -> None:
+    (top,) = api.search("floating point multiplier approximated by one integer adder", corpus_settings, k=1)
+    assert top.title == "Addition is All You Need for Energy-efficient Language Models"
+    assert "integer adder" in top.snippet and top.score > 0.5
+
+
+def test_extractive_answer_over_the_corpus_cites_the_right_paper(corpus_settings: Settings) -> None:
+    answer = api.ask("Which neural architecture uses attention to pick positions of the input sequence "
+                     "as its outputs?", corpus_settings, k=5)
+    assert answer.mode == "extractive"
+    assert "Pointer Networks" in [c.title for c in answer.citations]
