@@ -45,7 +45,8 @@ class Source:
     paper_id: str
     title: str
     snippet: str
-    score: float
+    score: float | None
+    """Cosine similarity of the snippet to the question (None when the retriever has none)."""
     dates: list[str] = field(default_factory=list)
 
 
@@ -92,7 +93,7 @@ def is_refusal(text: str) -> bool:
 
 def number_sources(papers: Sequence[PaperHit]) -> list[Source]:
     return [
-        Source(i, p.paper_id, p.title, p.snippet, p.score, list(p.dates))
+        Source(i, p.paper_id, p.title, p.snippet, p.relevance, list(p.dates))
         for i, p in enumerate(papers, start=1)
     ]
 
@@ -164,14 +165,22 @@ def llm_answer(
     return Answer(question, text, "llm", cited, sources, dropped)
 
 
+def best_relevance(sources: Sequence[Source]) -> float | None:
+    """The highest cosine similarity among the sources, if the retriever computed any."""
+    return max((s.score for s in sources if s.score is not None), default=None)
+
+
 def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in SENTENCE_END.split(text) if len(s.strip()) > 20]
 
 
 def extractive_answer(question: str, sources: list[Source], embedder: Embedder) -> Answer:
     """One quoted sentence from each of the top papers, the one closest to the question."""
-    best = sources[0].score
-    chosen = [s for s in sources[:EXTRACTIVE_PAPERS] if s.score >= best - EXTRACTIVE_MARGIN]
+    best = best_relevance(sources)
+    chosen = [
+        s for s in sources[:EXTRACTIVE_PAPERS]
+        if best is None or s.score is None or s.score >= best - EXTRACTIVE_MARGIN
+    ]
     candidates = [(s, sentence) for s in chosen for sentence in split_sentences(s.snippet) or [s.snippet]]
     vectors = embedder.embed([question] + [sentence for _, sentence in candidates])
     similarity = vectors[1:] @ vectors[0]
@@ -196,7 +205,8 @@ def answer_question(
     sources = number_sources(papers)
     mode = "llm" if llm is not None else "extractive"
     note = None if llm is not None else EXTRACTIVE_NOTE
-    if not sources or sources[0].score < settings.min_relevance:
+    best = best_relevance(sources)
+    if not sources or (best is not None and best < settings.min_relevance):
         return refusal(question, sources, mode, note)
     if llm is None:
         return extractive_answer(question, sources, embedder)

@@ -63,9 +63,9 @@ def main(verbose: bool) -> None:
     Example:
       rag ask "Which papers study the Lion optimizer?"
     """
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="rag: %(message)s"
-    )
+    # Our own messages at WARNING (INFO with -v); third-party libraries only when they fail.
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="rag: %(message)s")
+    logging.getLogger("rag").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 @main.command(context_settings=CONTEXT)

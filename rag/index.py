@@ -291,6 +291,13 @@ class Store:
             )
         ]
 
+    def vectors(self, ids: list[str]) -> dict[str, np.ndarray]:
+        """Stored embeddings of these chunks, by chunk id."""
+        if not ids:
+            return {}
+        got = self.col.get(ids=ids, include=["embeddings"])
+        return {cid: np.asarray(v, dtype=np.float32) for cid, v in zip(got["ids"], got["embeddings"], strict=True)}
+
     def all_chunks(self) -> list[Hit]:
         """Every chunk (text and metadata), for lexical indexes built beside the vectors."""
         res = self.col.get(include=["documents", "metadatas"])

@@ -24,9 +24,9 @@ class FixedRetriever:
 
 
 HITS = [
-    PaperHit("p1", "Pointer Networks", 0.71, "Pointer networks use attention as a pointer to select input positions.", "p1#0", ["May 8"]),
-    PaperHit("p2", "Symbolic Discovery of Optimization Algorithms", 0.55, "We discover Lion, a sign-based optimizer. It uses less memory than Adam.", "p2#0"),
-    PaperHit("p3", "Addition is All You Need for Energy-efficient Language Models", 0.52, "L-Mul approximates floating point multiplication with integer addition.", "p3#0"),
+    PaperHit("p1", "Pointer Networks", 0.71, "Pointer networks use attention as a pointer to select input positions.", "p1#0", 0.71, ["May 8"]),
+    PaperHit("p2", "Symbolic Discovery of Optimization Algorithms", 0.55, "We discover Lion, a sign-based optimizer. It uses less memory than Adam.", "p2#0", 0.55),
+    PaperHit("p3", "Addition is All You Need for Energy-efficient Language Models", 0.52, "L-Mul approximates floating point multiplication with integer addition.", "p3#0", 0.52),
 ]
 
 
@@ -103,7 +103,7 @@ def test_llm_refusal_has_no_citations(fake_llm: FakeLLM) -> None:
 
 
 def test_weak_retrieval_is_refused_without_calling_the_llm(fake_llm: FakeLLM) -> None:
-    weak = [PaperHit("p1", "Pointer Networks", 0.05, "Pointer networks.", "p1#0")]
+    weak = [PaperHit("p1", "Pointer Networks", 0.05, "Pointer networks.", "p1#0", 0.05)]
     answer = api.ask("Recipe for sourdough bread?", llm_settings(fake_llm),
                      retriever=FixedRetriever(weak), embedder=HashEmbedder())
     assert answer.refused and answer.citations == []

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rag import api
+from rag.retrieve import get_retriever
 from rag.settings import Settings
 
 QUESTIONS = [json.loads(line) for line in (Path(__file__).parent / "data" / "dev_sample.jsonl").open()]
@@ -26,7 +27,7 @@ def test_paraphrased_question_finds_its_papers(corpus_settings: Settings, q: dic
 def test_snippet_is_the_best_chunk_of_the_paper(corpus_settings: Settings) -> None:
     (top,) = api.search("floating point multiplier approximated by one integer adder", corpus_settings, k=1)
     assert top.title == "Addition is All You Need for Energy-efficient Language Models"
-    assert "integer adder" in top.snippet and top.score > 0.5
+    assert "integer adder" in top.snippet and top.relevance is not None and top.relevance > 0.5
 
 
 def test_extractive_answer_over_the_corpus_cites_the_right_paper(corpus_settings: Settings) -> None:
@@ -34,3 +35,28 @@ def test_extractive_answer_over_the_corpus_cites_the_right_paper(corpus_settings
                      "as its outputs?", corpus_settings, k=5)
     assert answer.mode == "extractive"
     assert "Pointer Networks" in [c.title for c in answer.citations]
+
+
+@pytest.mark.parametrize(("query", "title_start"), [
+    ("L-Mul", "Addition is All You Need for Energy-efficient Language Models"),
+    ("SINDy-RL", "SINDy-RL"),
+])
+def test_acronyms_are_found_lexically(corpus_settings: Settings, query: str, title_start: str) -> None:
+    for mode in ("bm25", "hybrid"):
+        retriever = get_retriever(corpus_settings, mode=mode)
+        assert retriever.search(query, 3)[0].title.startswith(title_start), mode
+
+
+def test_hybrid_gives_every_paper_its_cosine_relevance(corpus_settings: Settings) -> None:
+    papers = get_retriever(corpus_settings, mode="hybrid").search("Lion optimizer", 10)
+    titles = [p.title for p in papers]
+    assert "Symbolic Discovery of Optimization Algorithms" in titles[:2]
+    assert all(p.relevance is not None and -1.0 <= p.relevance <= 1.0 for p in papers)
+    assert [p.score for p in papers] == sorted((p.score for p in papers), reverse=True)
+
+
+def test_bm25_mode_never_refuses_for_lack_of_a_similarity(corpus_settings: Settings) -> None:
+    settings = corpus_settings.model_copy(update={"retriever": "bm25"})
+    answer = api.ask("How does L-Mul approximate floating point multiplication?", settings)
+    assert not answer.refused
+    assert answer.citations[0].title == "Addition is All You Need for Energy-efficient Language Models"
