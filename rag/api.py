@@ -38,11 +38,12 @@ def _read_all(files: Sequence[Path], fields: Fields, errors: list[str]) -> Itera
 def ingest(
     paths: Iterable[Path] | None,
     settings: Settings,
-    fields: Fields = Fields(),
+    fields: Fields | None = None,
     embedder: Embedder | None = None,
     progress: bool = False,
 ) -> IngestReport:
     """Add the papers of `paths` (default: the bundled corpus) to the index, incrementally."""
+    fields = fields or Fields()
     from rag.embed import get_embedder
     from rag.index import ingest_papers
 
