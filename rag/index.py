@@ -376,7 +376,6 @@ def _ingest_batch(
     for paper_id, paper in batch.items():
         old = states.get(paper_id, [])
         known_listings = listings_from_metadata(old[0]) if old else ()
-        paper = Paper(paper_id, paper.title, paper.abstract, paper.listings, paper.meta)
         merged = Paper(paper_id, paper.title, paper.abstract, known_listings).merged_with(paper)
         wanted = content_hash(paper, settings)
         if _is_complete(old, wanted):
