@@ -105,15 +105,15 @@ class DenseRetriever:
 
 def tokenize(text: str) -> list[str]:
     """Lower-cased word tokens without English stop words; single letters are kept ("L-Mul")."""
-    from bm25s.stopwords import STOPWORDS_EN
-
-    stop = _stopwords(tuple(STOPWORDS_EN))
+    stop = _stopwords()
     return [t for t in TOKEN.findall(text.lower()) if t not in stop]
 
 
 @cache
-def _stopwords(words: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(words)
+def _stopwords() -> frozenset[str]:
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return frozenset(STOPWORDS_EN)
 
 
 class BM25Retriever:
