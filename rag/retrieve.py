@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 CHUNKS_PER_PAPER = 4  # chunks fetched per wanted paper, so that k distinct papers come back
 RRF_K = 60  # the usual reciprocal-rank-fusion constant (Cormack et al., 2009)
-TOKEN = re.compile(r"\w+")
+# A word, or a hyphenated compound ("bi-level", "L-Mul"), which also counts joined ("bilevel").
+TOKEN = re.compile(r"\w+(?:-\w+)+|\w+")
 
 
 @dataclass
@@ -104,16 +105,30 @@ class DenseRetriever:
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens without English stop words; single letters are kept ("L-Mul")."""
-    stop = _stopwords()
-    return [t for t in TOKEN.findall(text.lower()) if t not in stop]
+    """BM25 terms: lower-cased, English stop words removed, Snowball-stemmed.
+
+    A hyphenated compound gives its parts and the joined word, so "bi-level", "bilevel" and
+    "Bi-Level" meet; single letters are kept ("L-Mul" -> l, mul, lmul). Stemming lets
+    "optimizers" match "optimization" (both "optim"), as Lucene's English analyzer does.
+    """
+    stop, stemmer = _analyzer()
+    words: list[str] = []
+    for token in TOKEN.findall(text.lower()):
+        if "-" in token:
+            parts = [p for p in token.split("-") if p]
+            words.extend(p for p in parts if p not in stop)
+            words.append("".join(parts))
+        elif token not in stop:
+            words.append(token)
+    return stemmer.stemWords(words)
 
 
 @cache
-def _stopwords() -> frozenset[str]:
+def _analyzer() -> tuple[frozenset[str], Any]:
+    import Stemmer
     from bm25s.stopwords import STOPWORDS_EN
 
-    return frozenset(STOPWORDS_EN)
+    return frozenset(STOPWORDS_EN), Stemmer.Stemmer("english")
 
 
 class BM25Retriever:
