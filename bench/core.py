@@ -26,7 +26,9 @@ def timed(*args: str, env: dict[str, str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--questions", type=Path, default=ROOT.parent / "shared/eval/dev_questions.jsonl")
+    parser.add_argument(
+        "--questions", type=Path, default=ROOT.parent / "shared/eval/dev_questions.jsonl"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "RAG_INDEX_DIR": tmp, "HF_HUB_OFFLINE": "1"}
@@ -34,8 +36,14 @@ def main() -> None:
             ("rag --help (fresh process)", timed("--help", env=env)),
             ("full ingest of the bundled corpus (fresh process)", timed("ingest", env=env)),
             ("re-ingest, nothing changed (fresh process)", timed("ingest", env=env)),
-            ("rag search QUERY --json (fresh process)", timed("search", "L-Mul energy", "--json", env=env)),
-            ("rag ask QUESTION --no-llm --json (fresh process)", timed("ask", "What is L-Mul?", "--no-llm", "--json", env=env)),
+            (
+                "rag search QUERY --json (fresh process)",
+                timed("search", "L-Mul energy", "--json", env=env),
+            ),
+            (
+                "rag ask QUESTION --no-llm --json (fresh process)",
+                timed("ask", "What is L-Mul?", "--no-llm", "--json", env=env),
+            ),
         ]
         from rag.retrieve import get_retriever
         from rag.settings import Settings
@@ -51,8 +59,12 @@ def main() -> None:
                 times.append(time.perf_counter() - start)
             times.sort()
             p95 = times[int(0.95 * (len(times) - 1))]
-            rows.append((f"warm {mode} retrieval, k=10: p50 / p95 (ms)",
-                         f"{1000 * statistics.median(times):.1f} / {1000 * p95:.1f}"))
+            rows.append(
+                (
+                    f"warm {mode} retrieval, k=10: p50 / p95 (ms)",
+                    f"{1000 * statistics.median(times):.1f} / {1000 * p95:.1f}",
+                )
+            )
     print(f"| {'measure':<55} | value |\n|{'-' * 57}|-------|")
     for name, value in rows:
         shown = f"{value:.2f} s" if isinstance(value, float) else value

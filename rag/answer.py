@@ -69,7 +69,9 @@ class Answer:
             "question": self.question,
             "answer": self.answer,
             "mode": self.mode,
-            "citations": [{"n": s.n, "paper_id": s.paper_id, "title": s.title} for s in self.citations],
+            "citations": [
+                {"n": s.n, "paper_id": s.paper_id, "title": s.title} for s in self.citations
+            ],
             "sources": [
                 {"n": s.n, "paper_id": s.paper_id, "title": s.title, "snippet": s.snippet}
                 for s in self.sources
@@ -134,7 +136,9 @@ def build_messages(question: str, sources: Sequence[Source]) -> list[dict[str, s
         {"role": "system", "content": prompts.render("answer_system", refusal=NOT_COVERED)},
         {
             "role": "user",
-            "content": prompts.render("answer_user", sources=format_sources(sources), question=question),
+            "content": prompts.render(
+                "answer_user", sources=format_sources(sources), question=question
+            ),
         },
     ]
 
@@ -178,10 +182,13 @@ def extractive_answer(question: str, sources: list[Source], embedder: Embedder) 
     """One quoted sentence from each of the top papers, the one closest to the question."""
     best = best_relevance(sources)
     chosen = [
-        s for s in sources[:EXTRACTIVE_PAPERS]
+        s
+        for s in sources[:EXTRACTIVE_PAPERS]
         if best is None or s.score is None or s.score >= best - EXTRACTIVE_MARGIN
     ]
-    candidates = [(s, sentence) for s in chosen for sentence in split_sentences(s.snippet) or [s.snippet]]
+    candidates = [
+        (s, sentence) for s in chosen for sentence in split_sentences(s.snippet) or [s.snippet]
+    ]
     vectors = embedder.embed([question] + [sentence for _, sentence in candidates])
     similarity = vectors[1:] @ vectors[0]
     lines = []
@@ -211,4 +218,3 @@ def answer_question(
     if llm is None:
         return extractive_answer(question, sources, embedder)
     return llm_answer(question, sources, llm, on_token)
-

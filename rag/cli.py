@@ -71,8 +71,13 @@ def main(verbose: bool) -> None:
 @main.command(context_settings=CONTEXT)
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--title-field", help="JSONL/CSV field holding the title (default: title).")
-@click.option("--text-field", help="JSONL/CSV field holding the abstract (default: abstract or text).")
-@click.option("--id-field", help="JSONL/CSV field holding a paper id (default: _id or id, else derived from the title).")
+@click.option(
+    "--text-field", help="JSONL/CSV field holding the abstract (default: abstract or text)."
+)
+@click.option(
+    "--id-field",
+    help="JSONL/CSV field holding a paper id (default: _id or id, else derived from the title).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def ingest(
     paths: tuple[Path, ...],
@@ -138,7 +143,9 @@ def search(query: str, k: int | None, as_json: bool) -> None:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("question")
-@click.option("-k", "--k", "k", type=click.IntRange(1, 50), help="Papers given as sources (default 5).")
+@click.option(
+    "-k", "--k", "k", type=click.IntRange(1, 50), help="Papers given as sources (default 5)."
+)
 @click.option("--no-llm", is_flag=True, help="Answer extractively, without the LLM.")
 @click.option("--model", help="Chat model name (overrides RAG_LLM_MODEL).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

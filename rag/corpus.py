@@ -186,7 +186,9 @@ def iter_file(path: Path, fields: Fields = Fields()) -> Iterator[Paper | Problem
     elif fmt == "jsonl":
         yield from parse_jsonl(text, str(path), fields)
     else:
-        yield from parse_csv(text, str(path), fields, delimiter="\t" if path.suffix == ".tsv" else ",")
+        yield from parse_csv(
+            text, str(path), fields, delimiter="\t" if path.suffix == ".tsv" else ","
+        )
 
 
 def _looks_like_abstract(line: str) -> bool:

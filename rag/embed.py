@@ -83,7 +83,7 @@ def _layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float) -
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
-    """BERT's exact (erf) GELU, in place; erf runs on all cores (SciPy's ufunc is single-threaded)."""
+    """BERT's exact (erf) GELU, in place, on all cores (SciPy's erf ufunc is single-threaded)."""
     from scipy.special import erf  # only the embedding path pays for this import
 
     y = x * np.float32(0.7071067811865476)
@@ -119,7 +119,11 @@ class MiniLMEmbedder:
         self.hidden = int(config["hidden_size"])
         self.eps = float(config.get("layer_norm_eps", 1e-12))
         st_config = self.model_dir / "sentence_bert_config.json"
-        window = json.loads(st_config.read_text()).get("max_seq_length", 256) if st_config.exists() else 256
+        window = (
+            json.loads(st_config.read_text()).get("max_seq_length", 256)
+            if st_config.exists()
+            else 256
+        )
         self.max_tokens = int(window) - 2  # [CLS] and [SEP] take two places of the window
         self._lock = threading.Lock()
 
@@ -203,9 +207,13 @@ class MiniLMEmbedder:
             probs = np.exp(scores)
             probs /= probs.sum(axis=-1, keepdims=True)
             ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(size * length, self.hidden)
-            x = _layer_norm(x + ctx @ w[f"{i}.ao"] + w[f"{i}.ao_b"], w[f"{i}.ln1_g"], w[f"{i}.ln1_b"], self.eps)
+            x = _layer_norm(
+                x + ctx @ w[f"{i}.ao"] + w[f"{i}.ao_b"], w[f"{i}.ln1_g"], w[f"{i}.ln1_b"], self.eps
+            )
             h = _gelu(x @ w[f"{i}.in"] + w[f"{i}.in_b"])
-            x = _layer_norm(x + h @ w[f"{i}.out"] + w[f"{i}.out_b"], w[f"{i}.ln2_g"], w[f"{i}.ln2_b"], self.eps)
+            x = _layer_norm(
+                x + h @ w[f"{i}.out"] + w[f"{i}.out_b"], w[f"{i}.ln2_g"], w[f"{i}.ln2_b"], self.eps
+            )
         x = x.reshape(size, length, self.hidden)
         pooled = (x * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
@@ -225,7 +233,9 @@ class SentenceTransformerEmbedder:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
-            raise RagError("this embedding model needs: pip install sentence-transformers") from None
+            raise RagError(
+                "this embedding model needs: pip install sentence-transformers"
+            ) from None
         return SentenceTransformer(self.path, device="cpu")
 
     @property
@@ -237,6 +247,9 @@ class SentenceTransformerEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self.model.encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
         )
         return np.asarray(vectors, dtype=np.float32)

@@ -286,7 +286,10 @@ class Store:
         return [
             Hit(cid, 1.0 - float(dist), doc, meta)
             for cid, dist, doc, meta in zip(
-                res["ids"][0], res["distances"][0], res["documents"][0], res["metadatas"][0],
+                res["ids"][0],
+                res["distances"][0],
+                res["documents"][0],
+                res["metadatas"][0],
                 strict=True,
             )
         ]
@@ -296,7 +299,10 @@ class Store:
         if not ids:
             return {}
         got = self.col.get(ids=ids, include=["embeddings"])
-        return {cid: np.asarray(v, dtype=np.float32) for cid, v in zip(got["ids"], got["embeddings"], strict=True)}
+        return {
+            cid: np.asarray(v, dtype=np.float32)
+            for cid, v in zip(got["ids"], got["embeddings"], strict=True)
+        }
 
     def all_chunks(self) -> list[Hit]:
         """Every chunk (text and metadata), for lexical indexes built beside the vectors."""
@@ -349,7 +355,9 @@ def ingest_papers(
         with tqdm(desc="embedding", unit="chunk", disable=not progress, leave=False) as bar:
             for batch in _batched(papers, PAPER_BATCH):
                 store.create()  # on the first batch: reading nothing creates no index
-                for pid, state in _ingest_batch(batch, store, chunker, embedder, settings, report, bar).items():
+                for pid, state in _ingest_batch(
+                    batch, store, chunker, embedder, settings, report, bar
+                ).items():
                     if status.get(pid, "unchanged") == "unchanged":
                         status[pid] = state
         report.count(status)

@@ -51,23 +51,36 @@ def _errors(settings: Settings, what: str) -> Iterator[None]:
     try:
         yield
     except openai.APITimeoutError:
-        raise LLMError(f"{what} timed out ({settings.llm_timeout:g}s, {retries}) at {where}") from None
+        raise LLMError(
+            f"{what} timed out ({settings.llm_timeout:g}s, {retries}) at {where}"
+        ) from None
     except openai.APIConnectionError:
-        raise LLMError(f"cannot reach {where} for {what} ({retries}); is the server running?") from None
+        raise LLMError(
+            f"cannot reach {where} for {what} ({retries}); is the server running?"
+        ) from None
     except openai.AuthenticationError:
         raise LLMError(f"{where} rejected the API key (HTTP 401); check OPENAI_API_KEY") from None
     except openai.NotFoundError as exc:
         raise LLMError(
-            redact(f"{where} answered 404 for {what}: {_detail(exc)}; check RAG_LLM_MODEL", settings)
+            redact(
+                f"{where} answered 404 for {what}: {_detail(exc)}; check RAG_LLM_MODEL", settings
+            )
         ) from None
     except openai.RateLimitError:
-        raise LLMError(f"{where} is rate limiting {what} (HTTP 429, {retries}); try later") from None
+        raise LLMError(
+            f"{where} is rate limiting {what} (HTTP 429, {retries}); try later"
+        ) from None
     except openai.APIStatusError as exc:
         raise LLMError(
-            redact(f"{where} failed {what} (HTTP {exc.status_code}, {retries}): {_detail(exc)}", settings)
+            redact(
+                f"{where} failed {what} (HTTP {exc.status_code}, {retries}): {_detail(exc)}",
+                settings,
+            )
         ) from None
     except (openai.APIError, ValueError) as exc:
-        raise LLMError(redact(f"{where} sent an unusable reply to {what}: {exc}", settings)) from None
+        raise LLMError(
+            redact(f"{where} sent an unusable reply to {what}: {exc}", settings)
+        ) from None
 
 
 def _detail(exc: Any) -> str:

@@ -6,9 +6,9 @@ paper, its best chunk as the snippet), which is what every caller sees.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from typing import TYPE_CHECKING, Any, Protocol
@@ -154,7 +154,9 @@ class BM25Retriever:
         groups = [sorted(g, key=lambda c: c.metadata["chunk"]) for g in papers.values()]
         model = bm25s.BM25()
         if groups:
-            docs = [tokenize(" ".join([g[0].metadata["title"], *(c.text for c in g)])) for g in groups]
+            docs = [
+                tokenize(" ".join([g[0].metadata["title"], *(c.text for c in g)])) for g in groups
+            ]
             model.index(docs, show_progress=False)
         return model, groups
 
@@ -187,8 +189,14 @@ class HybridRetriever:
     found it, so refusal thresholds keep working.
     """
 
-    def __init__(self, dense: DenseRetriever, bm25: BM25Retriever, dense_weight: float = 1.0,
-                 bm25_weight: float = 1.0, depth: int = 50) -> None:
+    def __init__(
+        self,
+        dense: DenseRetriever,
+        bm25: BM25Retriever,
+        dense_weight: float = 1.0,
+        bm25_weight: float = 1.0,
+        depth: int = 50,
+    ) -> None:
         self.dense = dense
         self.bm25 = bm25
         self.weights = (dense_weight, bm25_weight)
@@ -215,7 +223,9 @@ class HybridRetriever:
         return papers
 
 
-def get_retriever(settings: Settings, embedder: Embedder | None = None, mode: str | None = None) -> Retriever:
+def get_retriever(
+    settings: Settings, embedder: Embedder | None = None, mode: str | None = None
+) -> Retriever:
     """The configured (or named) retriever over the configured index."""
     from rag.embed import get_embedder
 
@@ -227,5 +237,9 @@ def get_retriever(settings: Settings, embedder: Embedder | None = None, mode: st
     if mode == "bm25":
         store.col  # noqa: B018 - same checks as the other modes
         return BM25Retriever(store)
-    return HybridRetriever(DenseRetriever(store, embedder), BM25Retriever(store),
-                           settings.dense_weight, settings.bm25_weight)
+    return HybridRetriever(
+        DenseRetriever(store, embedder),
+        BM25Retriever(store),
+        settings.dense_weight,
+        settings.bm25_weight,
+    )

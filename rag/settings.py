@@ -60,8 +60,12 @@ class Settings(BaseSettings):
         default="hybrid",
         description="dense (Chroma), bm25 (lexical) or hybrid (both, reciprocal rank fusion).",
     )
-    dense_weight: float = Field(default=1.0, ge=0, description="Weight of the dense ranking in fusion.")
-    bm25_weight: float = Field(default=1.0, ge=0, description="Weight of the BM25 ranking in fusion.")
+    dense_weight: float = Field(
+        default=1.0, ge=0, description="Weight of the dense ranking in fusion."
+    )
+    bm25_weight: float = Field(
+        default=1.0, ge=0, description="Weight of the BM25 ranking in fusion."
+    )
     top_k: int = Field(default=5, ge=1, le=100, description="Papers given to the answer step.")
     min_relevance: float = Field(
         default=0.40,

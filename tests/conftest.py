@@ -49,7 +49,9 @@ def corpus_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def corpus_settings(corpus_index: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def corpus_settings(
+    corpus_index: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
     """Settings over a private copy of the bundled-corpus index."""
     index_dir = tmp_path / "corpus-index"
     shutil.copytree(corpus_index, index_dir)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
-import zlib
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,8 +78,11 @@ class FakeLLM:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with fake._lock:
                     fake.requests.append(
-                        {"path": self.path, "body": body,
-                         "headers": {k.lower(): v for k, v in self.headers.items()}}
+                        {
+                            "path": self.path,
+                            "body": body,
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                        }
                     )
                 if fake.delay:
                     time.sleep(fake.delay)
@@ -92,7 +95,9 @@ class FakeLLM:
                     return self._stream(body, reply)
                 return self._json(_completion(body, reply))
 
-            def _send(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+            def _send(
+                self, status: int, data: bytes, headers: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -126,8 +131,14 @@ class FakeLLM:
                     {"object": "embedding", "index": i, "embedding": _toy_vector(text)}
                     for i, text in enumerate(inputs)
                 ]
-                self._json({"object": "list", "data": data, "model": body.get("model"),
-                            "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+                self._json(
+                    {
+                        "object": "list",
+                        "data": data,
+                        "model": body.get("model"),
+                        "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                    }
+                )
 
         return Handler
 
@@ -145,7 +156,9 @@ def _completion(body: dict[str, Any], text: str) -> dict[str, Any]:
     }
 
 
-def _chunk(body: dict[str, Any], delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
+def _chunk(
+    body: dict[str, Any], delta: dict[str, str], finish: str | None = None
+) -> dict[str, Any]:
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion.chunk",

@@ -41,7 +41,9 @@ class HashEmbedder:
         return out / np.maximum(norms, 1e-12)
 
 
-def make_paper(title: str, abstract: str, source: str = "test.txt", date: str | None = None) -> Paper:
+def make_paper(
+    title: str, abstract: str, source: str = "test.txt", date: str | None = None
+) -> Paper:
     return Paper(paper_id_for(title), title, abstract, (Listing(source, date),))
 
 
@@ -50,8 +52,9 @@ def write_jsonl(path: Path, records: Sequence[dict]) -> Path:
     return path
 
 
-def run_rag(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_rag(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """`rag ARGS...` in a fresh process, with the test's environment (isolated index)."""
     return subprocess.run(
         [sys.executable, "-m", "rag", *args],

@@ -7,7 +7,7 @@ from rag.answer import NOT_COVERED, Source, is_refusal, resolve_citations
 from rag.errors import InputError, LLMError, RagError
 from rag.retrieve import PaperHit
 from rag.settings import Settings
-from tests.fake_llm import Fault, FakeLLM
+from tests.fake_llm import FakeLLM, Fault
 from tests.helpers import HashEmbedder
 
 
@@ -24,15 +24,42 @@ class FixedRetriever:
 
 
 HITS = [
-    PaperHit("p1", "Pointer Networks", 0.71, "Pointer networks use attention as a pointer to select input positions.", "p1#0", 0.71, ["May 8"]),
-    PaperHit("p2", "Symbolic Discovery of Optimization Algorithms", 0.55, "We discover Lion, a sign-based optimizer. It uses less memory than Adam.", "p2#0", 0.55),
-    PaperHit("p3", "Addition is All You Need for Energy-efficient Language Models", 0.52, "L-Mul approximates floating point multiplication with integer addition.", "p3#0", 0.52),
+    PaperHit(
+        "p1",
+        "Pointer Networks",
+        0.71,
+        "Pointer networks use attention as a pointer to select input positions.",
+        "p1#0",
+        0.71,
+        ["May 8"],
+    ),
+    PaperHit(
+        "p2",
+        "Symbolic Discovery of Optimization Algorithms",
+        0.55,
+        "We discover Lion, a sign-based optimizer. It uses less memory than Adam.",
+        "p2#0",
+        0.55,
+    ),
+    PaperHit(
+        "p3",
+        "Addition is All You Need for Energy-efficient Language Models",
+        0.52,
+        "L-Mul approximates floating point multiplication with integer addition.",
+        "p3#0",
+        0.52,
+    ),
 ]
 
 
 def llm_settings(fake: FakeLLM, **extra: object) -> Settings:
-    values: dict = {"openai_api_key": "sk-test-123456", "openai_base_url": fake.base_url,
-                    "llm_model": "test-model", "llm_max_retries": 0, **extra}
+    values: dict = {
+        "openai_api_key": "sk-test-123456",
+        "openai_base_url": fake.base_url,
+        "llm_model": "test-model",
+        "llm_max_retries": 0,
+        **extra,
+    }
     return Settings(**values)
 
 
@@ -62,18 +89,28 @@ def test_resolve_citations(text: str, cleaned: str, cited: list[int], dropped: l
 def test_prompts_render_strictly() -> None:
     system = prompts.render("answer_system", refusal=NOT_COVERED)
     assert NOT_COVERED in system and "$" not in system
-    with pytest.raises(RagError, match=r"prompt template 'answer_user' needs a value for \$question"):
+    with pytest.raises(
+        RagError, match=r"prompt template 'answer_user' needs a value for \$question"
+    ):
         prompts.render("answer_user", sources="x")
 
 
-def test_llm_answer_maps_numbers_to_titles_and_drops_unknown(settings: Settings, fake_llm: FakeLLM) -> None:
+def test_llm_answer_maps_numbers_to_titles_and_drops_unknown(
+    settings: Settings, fake_llm: FakeLLM
+) -> None:
     fake_llm.reply("Pointer networks point at inputs [1]; Lion is sign-based [2]. Also [4].")
-    answer = api.ask("Which networks point at inputs?", llm_settings(fake_llm),
-                     retriever=FixedRetriever(HITS), embedder=HashEmbedder())
+    answer = api.ask(
+        "Which networks point at inputs?",
+        llm_settings(fake_llm),
+        retriever=FixedRetriever(HITS),
+        embedder=HashEmbedder(),
+    )
     assert answer.mode == "llm"
     assert answer.answer == "Pointer networks point at inputs [1]; Lion is sign-based [2]. Also."
     assert [(c.n, c.title) for c in answer.citations] == [
-        (1, "Pointer Networks"), (2, "Symbolic Discovery of Optimization Algorithms")]
+        (1, "Pointer Networks"),
+        (2, "Symbolic Discovery of Optimization Algorithms"),
+    ]
     assert answer.dropped_citations == [4]
     (request,) = fake_llm.chat_requests()
     body = request["body"]
@@ -88,24 +125,39 @@ def test_llm_answer_maps_numbers_to_titles_and_drops_unknown(settings: Settings,
 def test_llm_answer_streams_tokens(fake_llm: FakeLLM) -> None:
     fake_llm.reply("L-Mul replaces multiplication with addition [3].")
     tokens: list[str] = []
-    answer = api.ask("How does L-Mul work?", llm_settings(fake_llm), retriever=FixedRetriever(HITS),
-                     embedder=HashEmbedder(), on_token=tokens.append)
+    answer = api.ask(
+        "How does L-Mul work?",
+        llm_settings(fake_llm),
+        retriever=FixedRetriever(HITS),
+        embedder=HashEmbedder(),
+        on_token=tokens.append,
+    )
     assert len(tokens) > 5 and "".join(tokens) == "L-Mul replaces multiplication with addition [3]."
-    assert [c.title for c in answer.citations] == ["Addition is All You Need for Energy-efficient Language Models"]
+    assert [c.title for c in answer.citations] == [
+        "Addition is All You Need for Energy-efficient Language Models"
+    ]
     assert fake_llm.chat_requests()[0]["body"]["stream"] is True
 
 
 def test_llm_refusal_has_no_citations(fake_llm: FakeLLM) -> None:
     fake_llm.reply(f"{NOT_COVERED}. [1]")
-    answer = api.ask("What is the boiling point of tea?", llm_settings(fake_llm),
-                     retriever=FixedRetriever(HITS), embedder=HashEmbedder())
+    answer = api.ask(
+        "What is the boiling point of tea?",
+        llm_settings(fake_llm),
+        retriever=FixedRetriever(HITS),
+        embedder=HashEmbedder(),
+    )
     assert answer.refused and answer.citations == [] and answer.mode == "llm"
 
 
 def test_weak_retrieval_is_refused_without_calling_the_llm(fake_llm: FakeLLM) -> None:
     weak = [PaperHit("p1", "Pointer Networks", 0.05, "Pointer networks.", "p1#0", 0.05)]
-    answer = api.ask("Recipe for sourdough bread?", llm_settings(fake_llm),
-                     retriever=FixedRetriever(weak), embedder=HashEmbedder())
+    answer = api.ask(
+        "Recipe for sourdough bread?",
+        llm_settings(fake_llm),
+        retriever=FixedRetriever(weak),
+        embedder=HashEmbedder(),
+    )
     assert answer.refused and answer.citations == []
     assert answer.answer == f"{NOT_COVERED}."
     assert fake_llm.chat_requests() == []
@@ -113,32 +165,52 @@ def test_weak_retrieval_is_refused_without_calling_the_llm(fake_llm: FakeLLM) ->
 
 def test_extractive_answer_without_a_key(settings: Settings) -> None:
     assert not settings.llm_configured
-    answer = api.ask("Which network uses attention to select input positions?", settings,
-                     retriever=FixedRetriever(HITS), embedder=HashEmbedder())
+    answer = api.ask(
+        "Which network uses attention to select input positions?",
+        settings,
+        retriever=FixedRetriever(HITS),
+        embedder=HashEmbedder(),
+    )
     assert answer.mode == "extractive"
     assert "OPENAI_API_KEY" in (answer.note or "")
-    assert answer.answer.startswith("- Pointer networks use attention as a pointer to select input positions. [1]")
+    assert answer.answer.startswith(
+        "- Pointer networks use attention as a pointer to select input positions. [1]"
+    )
     assert all(f"[{c.n}]" in answer.answer for c in answer.citations)
     assert answer.citations[0].title == "Pointer Networks"
 
 
 def test_no_llm_flag_wins_over_a_configured_llm(fake_llm: FakeLLM) -> None:
-    answer = api.ask("L-Mul?", llm_settings(fake_llm), no_llm=True,
-                     retriever=FixedRetriever(HITS), embedder=HashEmbedder())
+    answer = api.ask(
+        "L-Mul?",
+        llm_settings(fake_llm),
+        no_llm=True,
+        retriever=FixedRetriever(HITS),
+        embedder=HashEmbedder(),
+    )
     assert answer.mode == "extractive" and fake_llm.chat_requests() == []
 
 
 def test_server_error_becomes_one_readable_llm_error(fake_llm: FakeLLM) -> None:
     fake_llm.reply(Fault(500))
     with pytest.raises(LLMError, match=r"failed the answer \(HTTP 500, after 0 retries\)") as info:
-        api.ask("L-Mul?", llm_settings(fake_llm), retriever=FixedRetriever(HITS), embedder=HashEmbedder())
+        api.ask(
+            "L-Mul?",
+            llm_settings(fake_llm),
+            retriever=FixedRetriever(HITS),
+            embedder=HashEmbedder(),
+        )
     assert "sk-test-123456" not in str(info.value)
 
 
 def test_retries_then_succeeds(fake_llm: FakeLLM) -> None:
     fake_llm.reply(Fault(503), Fault(503), "Fine [1].")
-    answer = api.ask("Pointer?", llm_settings(fake_llm, llm_max_retries=2),
-                     retriever=FixedRetriever(HITS), embedder=HashEmbedder())
+    answer = api.ask(
+        "Pointer?",
+        llm_settings(fake_llm, llm_max_retries=2),
+        retriever=FixedRetriever(HITS),
+        embedder=HashEmbedder(),
+    )
     assert answer.answer == "Fine [1]." and len(fake_llm.chat_requests()) == 3
 
 

@@ -14,18 +14,27 @@ from tests.fake_llm import FakeLLM
 from tests.helpers import run_rag, write_jsonl
 
 PAPERS = [
-    {"_id": "ptr", "title": "Pointer Networks",
-     "text": "We introduce a neural architecture to learn the conditional probability of an output "
-             "sequence with elements that are discrete tokens corresponding to positions in an input "
-             "sequence. It uses attention as a pointer to select a member of the input sequence as the output."},
-    {"_id": "lion", "title": "Symbolic Discovery of Optimization Algorithms",
-     "text": "We present a method to formulate algorithm discovery as program search, and apply it to "
-             "discover optimization algorithms for deep neural network training. It discovers Lion, a "
-             "simple and effective optimization algorithm that only keeps track of the momentum."},
-    {"_id": "lmul", "title": "Addition is All You Need for Energy-efficient Language Models",
-     "text": "We find that a floating point multiplier can be approximated by one integer adder with "
-             "high precision. We propose the linear-complexity multiplication L-Mul algorithm that "
-             "approximates floating point number multiplication with integer addition operations."},
+    {
+        "_id": "ptr",
+        "title": "Pointer Networks",
+        "text": "We introduce a neural architecture to learn the conditional probability of an output "
+        "sequence with elements that are discrete tokens corresponding to positions in an input "
+        "sequence. It uses attention as a pointer to select a member of the input sequence as the output.",
+    },
+    {
+        "_id": "lion",
+        "title": "Symbolic Discovery of Optimization Algorithms",
+        "text": "We present a method to formulate algorithm discovery as program search, and apply it to "
+        "discover optimization algorithms for deep neural network training. It discovers Lion, a "
+        "simple and effective optimization algorithm that only keeps track of the momentum.",
+    },
+    {
+        "_id": "lmul",
+        "title": "Addition is All You Need for Energy-efficient Language Models",
+        "text": "We find that a floating point multiplier can be approximated by one integer adder with "
+        "high precision. We propose the linear-complexity multiplication L-Mul algorithm that "
+        "approximates floating point number multiplication with integer addition operations.",
+    },
 ]
 
 
@@ -80,13 +89,26 @@ def test_ingest_json_report_and_idempotence(tmp_path: Path, small_index: Path) -
         ("empty.txt", b"", "empty.txt: file is empty"),
         ("binary.jsonl", b"\x00\x01\x02\xff" * 50, "binary.jsonl: looks like a binary file"),
         ("latin1.txt", "Caf\xe9 Paper\n".encode("latin-1"), "latin1.txt:1: not UTF-8 text"),
-        ("titles.txt", b"Only A Title\n\nAnother Title\n", "titles.txt:1: title without an abstract"),
-        ("untitled.jsonl", b'{"text": "An abstract without any title."}\n', "untitled.jsonl:1: record has no title"),
+        (
+            "titles.txt",
+            b"Only A Title\n\nAnother Title\n",
+            "titles.txt:1: title without an abstract",
+        ),
+        (
+            "untitled.jsonl",
+            b'{"text": "An abstract without any title."}\n',
+            "untitled.jsonl:1: record has no title",
+        ),
         ("notes.docx", b"PK\x03\x04", "notes.docx: unknown file type"),
     ],
 )
 def test_bad_input_exit_2_one_line_and_index_unchanged(
-    tmp_path: Path, isolated_env: Path, small_index: Path, name: str, content: bytes | None, message: str
+    tmp_path: Path,
+    isolated_env: Path,
+    small_index: Path,
+    name: str,
+    content: bytes | None,
+    message: str,
 ) -> None:
     before = chunk_count(isolated_env)
     path = tmp_path / name
@@ -100,7 +122,7 @@ def test_bad_input_exit_2_one_line_and_index_unchanged(
 
 
 def test_good_records_of_other_files_are_still_ingested(tmp_path: Path, isolated_env: Path) -> None:
-    good = write_jsonl(tmp_path / "good.jsonl", PAPERS[:2] + [{"_id": "x", "title": "No text"}])
+    good = write_jsonl(tmp_path / "good.jsonl", [*PAPERS[:2], {"_id": "x", "title": "No text"}])
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff\xfe\x00garbage")
     result = run_rag("ingest", str(good), str(bad), "--json")
@@ -127,21 +149,28 @@ def test_bad_usage_exits_2(args: list[str], message: str) -> None:
 
 
 def test_search_json_contract(small_index: Path) -> None:
-    result = run_rag("search", "integer adder instead of a floating point multiplier", "--k", "2", "--json")
+    result = run_rag(
+        "search", "integer adder instead of a floating point multiplier", "--k", "2", "--json"
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["query"] == "integer adder instead of a floating point multiplier"
     assert [r["rank"] for r in data["results"]] == [1, 2]
     top = data["results"][0]
     assert {"rank", "paper_id", "title", "score", "snippet"} <= set(top)
-    assert (top["paper_id"], top["title"]) == ("lmul", "Addition is All You Need for Energy-efficient Language Models")
+    assert (top["paper_id"], top["title"]) == (
+        "lmul",
+        "Addition is All You Need for Energy-efficient Language Models",
+    )
     assert data["results"][0]["score"] >= data["results"][1]["score"]
 
 
 def test_ask_json_with_llm(small_index: Path, fake_llm: FakeLLM) -> None:
     fake_llm.reply("Lion keeps only momentum [2]; pointers select inputs [1]. See also [9].")
     env = {"OPENAI_API_KEY": "sk-cli-secret-42", "OPENAI_BASE_URL": fake_llm.base_url}
-    result = run_rag("ask", "Which optimizer keeps track of only the momentum?", "--k", "3", "--json", env=env)
+    result = run_rag(
+        "ask", "Which optimizer keeps track of only the momentum?", "--k", "3", "--json", env=env
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["mode"] == "llm"
@@ -153,7 +182,9 @@ def test_ask_json_with_llm(small_index: Path, fake_llm: FakeLLM) -> None:
 
 
 def test_ask_extractive_without_key(small_index: Path) -> None:
-    result = run_rag("ask", "Which architecture uses attention as a pointer to input positions?", "--json")
+    result = run_rag(
+        "ask", "Which architecture uses attention as a pointer to input positions?", "--json"
+    )
     data = json.loads(result.stdout)
     assert result.returncode == 0
     assert data["mode"] == "extractive" and "OPENAI_API_KEY" in data["note"]
@@ -163,8 +194,11 @@ def test_ask_extractive_without_key(small_index: Path) -> None:
 
 
 def test_unreachable_llm_exit_1_one_line(small_index: Path) -> None:
-    env = {"OPENAI_API_KEY": "sk-unreachable-77", "OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
-           "RAG_LLM_MAX_RETRIES": "0"}
+    env = {
+        "OPENAI_API_KEY": "sk-unreachable-77",
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
+        "RAG_LLM_MAX_RETRIES": "0",
+    }
     result = run_rag("ask", "Which optimizer keeps track of only the momentum?", env=env)
     assert result.returncode == 1
     line = one_line_error(result)
@@ -187,7 +221,9 @@ def test_first_use_builds_the_index(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     write_jsonl(corpus / "papers.jsonl", PAPERS)
-    result = run_rag("search", "program search for optimizers", "--json", env={"RAG_CORPUS_DIR": str(corpus)})
+    result = run_rag(
+        "search", "program search for optimizers", "--json", env={"RAG_CORPUS_DIR": str(corpus)}
+    )
     assert result.returncode == 0, result.stderr
     assert "building it from the bundled corpus" in result.stderr
     assert json.loads(result.stdout)["results"][0]["paper_id"] == "lion"

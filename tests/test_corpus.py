@@ -58,12 +58,22 @@ def test_exact_title_abstract_and_dates(corpus_items: list) -> None:
     assert paper.abstract == ABSTRACT
     assert paper.listings == (Listing("001_09b46fd0036fc2b5.txt", None),)
 
-    relax = papers[paper_id_for("Learning to Relax: Setting Solver Parameters Across a Sequence of Linear System Instances")]
+    relax = papers[
+        paper_id_for(
+            "Learning to Relax: Setting Solver Parameters Across a Sequence of Linear System Instances"
+        )
+    ]
     assert [(x.source[:3], x.date) for x in relax.listings] == [
-        ("000", "May 8"), ("001", None), ("002", "Mar 17"), ("003", "May 19")
+        ("000", "May 8"),
+        ("001", None),
+        ("002", "Mar 17"),
+        ("003", "May 19"),
     ]
     first = next(x for x in corpus_items if isinstance(x, Paper))
-    assert first.title == "Fast Controlled Generation from Language Models with Adaptive Weighted Rejection Sampling"
+    assert (
+        first.title
+        == "Fast Controlled Generation from Language Models with Adaptive Weighted Rejection Sampling"
+    )
     assert first.abstract.startswith("The dominant approach to generating from language models")
     assert first.abstract.endswith("runtime improvements are greater for better models.")
     assert first.listings[0].date == "May 8"
@@ -73,14 +83,22 @@ def test_exact_title_abstract_and_dates(corpus_items: list) -> None:
 
 
 def test_subscribe_glued_to_first_title(corpus_items: list) -> None:
-    page = [x for x in corpus_items if isinstance(x, Paper) and x.listings[0].source.startswith("001")]
+    page = [
+        x for x in corpus_items if isinstance(x, Paper) and x.listings[0].source.startswith("001")
+    ]
     assert page[0].title == "Addition is All You Need for Energy-efficient Language Models"
     assert not any("Subscribe" in p.title for p in page)
 
 
 def test_paper_id_is_stable_and_ignores_case_spacing_punctuation() -> None:
-    assert paper_id_for("Addition is All You Need for Energy-efficient Language Models") == "c29b02c43b5a"
-    assert paper_id_for("addition is all you need  for energy efficient language models.") == "c29b02c43b5a"
+    assert (
+        paper_id_for("Addition is All You Need for Energy-efficient Language Models")
+        == "c29b02c43b5a"
+    )
+    assert (
+        paper_id_for("addition is all you need  for energy efficient language models.")
+        == "c29b02c43b5a"
+    )
     assert normalise_title("  Pointer\u00a0Networks! ") == "pointer networks"
     assert paper_id_for("Pointer Networks") != paper_id_for("Pointer Network")
 
@@ -108,7 +126,11 @@ def test_beir_jsonl_loads_without_conversion() -> None:
     text = '{"_id": "4983", "title": "Microstructural development", "text": "Alterations of the brain."}\n'
     (paper,) = parse_jsonl(text, "corpus.jsonl")
     assert isinstance(paper, Paper)
-    assert (paper.paper_id, paper.title, paper.abstract) == ("4983", "Microstructural development", "Alterations of the brain.")
+    assert (paper.paper_id, paper.title, paper.abstract) == (
+        "4983",
+        "Microstructural development",
+        "Alterations of the brain.",
+    )
 
 
 def test_jsonl_custom_fields_and_bad_records() -> None:
@@ -126,7 +148,10 @@ def test_jsonl_custom_fields_and_bad_records() -> None:
     items = list(parse_jsonl(text, "mine.jsonl", Fields(title="name", text="body", id="key")))
     papers = [x for x in items if isinstance(x, Paper)]
     problems = [str(x) for x in items if isinstance(x, Problem)]
-    assert [(p.paper_id, p.title) for p in papers] == [("k1", "Good One"), (paper_id_for("Good Two"), "Good Two")]
+    assert [(p.paper_id, p.title) for p in papers] == [
+        ("k1", "Good One"),
+        (paper_id_for("Good Two"), "Good Two"),
+    ]
     assert problems[0] == "mine.jsonl:2: record has no title (field name)"
     assert problems[1] == "mine.jsonl:3: record 'No Body' has no abstract (field body)"
     assert problems[2].startswith("mine.jsonl:4: not valid JSON")
@@ -138,7 +163,10 @@ def test_csv_loader_with_quoted_newlines_and_missing_column() -> None:
     items = list(parse_csv(text, "p.csv"))
     assert isinstance(items[0], Paper) and items[0].title == "A, title"
     assert items[0].abstract == "An abstract over two lines."
-    assert str(items[1]) == "p.csv:4: record 'Only Title' has no abstract (field abstract/text/summary)"
+    assert (
+        str(items[1])
+        == "p.csv:4: record 'Only Title' has no abstract (field abstract/text/summary)"
+    )
     with pytest.raises(InputError, match=r"p.csv:1: no title column .*found name, abstract"):
         list(parse_csv("name,abstract\nx,y\n", "p.csv"))
 
@@ -149,7 +177,11 @@ def test_csv_loader_with_quoted_newlines_and_missing_column() -> None:
         ("missing.txt", None, "missing.txt: no such file or directory"),
         ("empty.jsonl", b"  \n\n", "empty.jsonl: file is empty"),
         ("blob.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00", "blob.txt: looks like a binary file"),
-        ("latin1.txt", "Caf\u00e9 title\n".encode("latin-1"), "latin1.txt:1: not UTF-8 text (invalid byte 0xe9)"),
+        (
+            "latin1.txt",
+            "Caf\u00e9 title\n".encode("latin-1"),
+            "latin1.txt:1: not UTF-8 text (invalid byte 0xe9)",
+        ),
         ("paper.pdf", b"%PDF-1.4", "paper.pdf: unknown file type '.pdf'"),
     ],
 )
@@ -159,7 +191,9 @@ def test_unreadable_files_raise_input_error_naming_the_file(
     path = tmp_path / name
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(InputError, match=message.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        InputError, match=message.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")
+    ):
         list(iter_file(path))
 
 

@@ -8,7 +8,8 @@ from rag.embed import MiniLMEmbedder, bundled_minilm_path
 TEXTS = [
     "Pointer Networks\nWe introduce a new neural architecture to learn the conditional probability.",
     "short query",
-    "L-Mul approximates floating point multiplication with integer addition. " * 30,  # truncated at 256
+    "L-Mul approximates floating point multiplication with integer addition. "
+    * 30,  # truncated at 256
 ]
 
 

@@ -16,8 +16,12 @@ SENTENCE = "Sparse mixtures of experts route each token to a few expert networks
 def papers() -> list[Paper]:
     return [
         make_paper("Routing Experts", SENTENCE * 12, "a.txt", "May 8"),  # several chunks
-        make_paper("Pointer Networks", "Attention selects input positions as outputs. " * 3, "a.txt"),
-        make_paper("Lion Optimizer", "A sign-based optimizer found by program search. " * 3, "b.txt"),
+        make_paper(
+            "Pointer Networks", "Attention selects input positions as outputs. " * 3, "a.txt"
+        ),
+        make_paper(
+            "Lion Optimizer", "A sign-based optimizer found by program search. " * 3, "b.txt"
+        ),
     ]
 
 
@@ -60,7 +64,9 @@ def test_changed_abstract_replaces_only_that_papers_chunks(settings: Settings) -
     assert {c: v for c, v in after.items() if not c.startswith(pid)} == {
         c: v for c, v in before.items() if not c.startswith(pid)
     }
-    assert [doc for c, (doc, _) in after.items() if c.startswith(pid)] == ["A much shorter abstract now."]
+    assert [doc for c, (doc, _) in after.items() if c.startswith(pid)] == [
+        "A much shorter abstract now."
+    ]
 
 
 def test_new_listing_is_recorded_without_embedding(settings: Settings) -> None:
@@ -86,12 +92,16 @@ def test_half_written_paper_is_redone(settings: Settings) -> None:
     assert snapshot(store) == before
 
 
-def test_paper_repeated_across_batches_counts_once(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paper_repeated_across_batches_counts_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("rag.index.PAPER_BATCH", 1)
     twice = [*papers(), make_paper("Pointer Networks", papers()[1].abstract, "z.txt")]
     report = ingest_papers(twice, settings, HashEmbedder())
     assert (report.papers_read, report.papers_added, report.papers_updated) == (3, 3, 0)
-    meta = Store(settings, "test-hash").chunk_states([papers()[1].paper_id])[papers()[1].paper_id][0]
+    meta = Store(settings, "test-hash").chunk_states([papers()[1].paper_id])[papers()[1].paper_id][
+        0
+    ]
     assert meta["sources"] == ["a.txt", "z.txt"]
 
 
@@ -103,15 +113,19 @@ def test_querying_with_another_model_is_refused(settings: Settings) -> None:
 
 def test_foreign_collection_is_refused_not_wiped(settings: Settings) -> None:
     store = Store(settings, "test-hash")
-    store.client.create_collection(settings.collection, embedding_function=None, metadata={"other": "tool"})
-    store.client.get_collection(settings.collection).add(ids=["x"], embeddings=[[1.0, 0.0]], documents=["theirs"])
+    store.client.create_collection(
+        settings.collection, embedding_function=None, metadata={"other": "tool"}
+    )
+    store.client.get_collection(settings.collection).add(
+        ids=["x"], embeddings=[[1.0, 0.0]], documents=["theirs"]
+    )
     with pytest.raises(IndexMismatchError, match="not built by this tool"):
         ingest_papers(papers(), settings, HashEmbedder())
     assert store.client.get_collection(settings.collection).get()["documents"] == ["theirs"]
 
 
 def test_missing_index_is_a_clear_error(settings: Settings) -> None:
-    with pytest.raises(RagError, match="no index at .*run `rag ingest` first"):
+    with pytest.raises(RagError, match=r"no index at .*run `rag ingest` first"):
         Store(settings, "test-hash").count()
 
 
@@ -128,7 +142,10 @@ def test_chunks_fit_the_minilm_window_with_their_title(bundled_corpus: Path) -> 
     assert embedder.max_tokens == 254  # 256 minus [CLS] and [SEP]
     chunker = Chunker(embedder.count_tokens, embedder.max_tokens, 32)
     corpus = merge_papers(
-        x for f in sorted(bundled_corpus.glob("*.txt")) for x in iter_file(f) if isinstance(x, Paper)
+        x
+        for f in sorted(bundled_corpus.glob("*.txt"))
+        for x in iter_file(f)
+        if isinstance(x, Paper)
     )
     longest, split_papers = 0, 0
     for paper in corpus.values():
@@ -143,7 +160,9 @@ def test_chunks_fit_the_minilm_window_with_their_title(bundled_corpus: Path) -> 
 
 
 def test_listing_metadata_round_trip(settings: Settings) -> None:
-    paper = Paper("id1", "T", "Some abstract text here.", (Listing("p1", "May 8"), Listing("p2", None)))
+    paper = Paper(
+        "id1", "T", "Some abstract text here.", (Listing("p1", "May 8"), Listing("p2", None))
+    )
     ingest_papers([paper], settings, HashEmbedder())
     meta = Store(settings, "test-hash").chunk_states(["id1"])["id1"][0]
     assert meta["title"] == "T" and meta["paper_id"] == "id1"

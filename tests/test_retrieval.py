@@ -11,7 +11,9 @@ from rag import api
 from rag.retrieve import get_retriever
 from rag.settings import Settings
 
-QUESTIONS = [json.loads(line) for line in (Path(__file__).parent / "data" / "dev_sample.jsonl").open()]
+QUESTIONS = [
+    json.loads(line) for line in (Path(__file__).parent / "data" / "dev_sample.jsonl").open()
+]
 
 
 @pytest.mark.parametrize("q", QUESTIONS, ids=[q["qid"] for q in QUESTIONS])
@@ -25,23 +27,34 @@ def test_paraphrased_question_finds_its_papers(corpus_settings: Settings, q: dic
 
 
 def test_snippet_is_the_best_chunk_of_the_paper(corpus_settings: Settings) -> None:
-    (top,) = api.search("floating point multiplier approximated by one integer adder", corpus_settings, k=1)
+    (top,) = api.search(
+        "floating point multiplier approximated by one integer adder", corpus_settings, k=1
+    )
     assert top.title == "Addition is All You Need for Energy-efficient Language Models"
     assert "integer adder" in top.snippet and top.relevance is not None and top.relevance > 0.5
 
 
 def test_extractive_answer_over_the_corpus_cites_the_right_paper(corpus_settings: Settings) -> None:
-    answer = api.ask("Which neural architecture uses attention to pick positions of the input sequence "
-                     "as its outputs?", corpus_settings, k=5)
+    answer = api.ask(
+        "Which neural architecture uses attention to pick positions of the input sequence "
+        "as its outputs?",
+        corpus_settings,
+        k=5,
+    )
     assert answer.mode == "extractive"
     assert "Pointer Networks" in [c.title for c in answer.citations]
 
 
-@pytest.mark.parametrize(("query", "title_start"), [
-    ("L-Mul", "Addition is All You Need for Energy-efficient Language Models"),
-    ("SINDy-RL", "SINDy-RL"),
-])
-def test_acronyms_are_found_lexically(corpus_settings: Settings, query: str, title_start: str) -> None:
+@pytest.mark.parametrize(
+    ("query", "title_start"),
+    [
+        ("L-Mul", "Addition is All You Need for Energy-efficient Language Models"),
+        ("SINDy-RL", "SINDy-RL"),
+    ],
+)
+def test_acronyms_are_found_lexically(
+    corpus_settings: Settings, query: str, title_start: str
+) -> None:
     for mode in ("bm25", "hybrid"):
         retriever = get_retriever(corpus_settings, mode=mode)
         assert retriever.search(query, 3)[0].title.startswith(title_start), mode
@@ -59,4 +72,6 @@ def test_bm25_mode_never_refuses_for_lack_of_a_similarity(corpus_settings: Setti
     settings = corpus_settings.model_copy(update={"retriever": "bm25"})
     answer = api.ask("How does L-Mul approximate floating point multiplication?", settings)
     assert not answer.refused
-    assert answer.citations[0].title == "Addition is All You Need for Energy-efficient Language Models"
+    assert (
+        answer.citations[0].title == "Addition is All You Need for Energy-efficient Language Models"
+    )
