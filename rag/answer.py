@@ -8,6 +8,8 @@ the sentence of each top paper closest to the question, cited the same way.
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -48,6 +50,16 @@ class Source:
     score: float | None
     """Cosine similarity of the snippet to the question (None when the retriever has none)."""
     dates: list[str] = field(default_factory=list)
+    text: str = ""
+    """The whole abstract when known (what the LLM reads), else empty: the snippet stands in."""
+    quote: str = ""
+    """The sentence of the abstract closest to the question (set by `weigh_evidence`)."""
+    evidence: float | None = None
+    """Cosine similarity of `quote` to the question."""
+
+    @property
+    def body(self) -> str:
+        return self.text or self.snippet
 
 
 @dataclass
@@ -73,7 +85,14 @@ class Answer:
                 {"n": s.n, "paper_id": s.paper_id, "title": s.title} for s in self.citations
             ],
             "sources": [
-                {"n": s.n, "paper_id": s.paper_id, "title": s.title, "snippet": s.snippet}
+                {
+                    "n": s.n,
+                    "paper_id": s.paper_id,
+                    "title": s.title,
+                    "snippet": s.snippet,
+                    "quote": s.quote,
+                    "evidence": None if s.evidence is None else round(s.evidence, 4),
+                }
                 for s in self.sources
             ],
             "dropped_citations": self.dropped_citations,
@@ -95,7 +114,7 @@ def is_refusal(text: str) -> bool:
 
 def number_sources(papers: Sequence[PaperHit]) -> list[Source]:
     return [
-        Source(i, p.paper_id, p.title, p.snippet, p.relevance, list(p.dates))
+        Source(i, p.paper_id, p.title, p.snippet, p.relevance, list(p.dates), p.text)
         for i, p in enumerate(papers, start=1)
     ]
 
@@ -126,9 +145,7 @@ def resolve_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[S
 
 
 def format_sources(sources: Sequence[Source]) -> str:
-    return "\n".join(
-        prompts.render("source", n=s.n, title=s.title, text=s.snippet) for s in sources
-    )
+    return "\n".join(prompts.render("source", n=s.n, title=s.title, text=s.body) for s in sources)
 
 
 def build_messages(question: str, sources: Sequence[Source]) -> list[dict[str, str]]:
@@ -169,34 +186,69 @@ def llm_answer(
     return Answer(question, text, "llm", cited, sources, dropped)
 
 
-def best_relevance(sources: Sequence[Source]) -> float | None:
-    """The highest cosine similarity among the sources, if the retriever computed any."""
-    return max((s.score for s in sources if s.score is not None), default=None)
-
-
 def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in SENTENCE_END.split(text) if len(s.strip()) > 20]
 
 
-def extractive_answer(question: str, sources: list[Source], embedder: Embedder) -> Answer:
-    """One quoted sentence from each of the top papers, the one closest to the question."""
-    best = best_relevance(sources)
+class SentenceVectors:
+    """Embeddings of abstract sentences, cached: follow-up questions reuse the same papers."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, embedder: Embedder, sentences: Sequence[str]) -> np.ndarray:
+        """One row per sentence (at least one sentence)."""
+        with self._lock:
+            known = {
+                s: self._cache[(embedder.name, s)]
+                for s in sentences
+                if (embedder.name, s) in self._cache
+            }
+        missing = list(dict.fromkeys(s for s in sentences if s not in known))
+        if missing:
+            known.update(zip(missing, embedder.embed(missing), strict=True))
+            with self._lock:
+                for sentence in missing:
+                    self._cache[(embedder.name, sentence)] = known[sentence]
+                while len(self._cache) > self.size:
+                    self._cache.popitem(last=False)
+        return np.stack([known[s] for s in sentences])
+
+
+SENTENCE_VECTORS = SentenceVectors()
+
+
+def weigh_evidence(question: str, sources: Sequence[Source], embedder: Embedder) -> float:
+    """Set each source's closest sentence (`quote`, `evidence`); the best evidence overall.
+
+    A question the collection answers nearly always has one sentence that says much the same
+    thing; a question it does not cover has only topical neighbours. On the dev questions the
+    best sentence separates the two where whole-chunk similarity does not.
+    """
+    per_source = [split_sentences(s.body) or [s.body] for s in sources]
+    flat = [sentence for group in per_source for sentence in group]
+    if not flat:
+        return 0.0
+    query = embedder.embed([question])[0]
+    similarity = SENTENCE_VECTORS.get(embedder, flat) @ query
+    at = 0
+    for source, group in zip(sources, per_source, strict=True):
+        scores = similarity[at : at + len(group)]
+        best = int(np.argmax(scores))
+        source.quote, source.evidence = group[best], float(scores[best])
+        at += len(group)
+    return max(s.evidence for s in sources if s.evidence is not None)
+
+
+def extractive_answer(question: str, sources: list[Source]) -> Answer:
+    """The closest sentence of each of the top papers, quoted and cited (after `weigh_evidence`)."""
+    best = max(s.evidence or 0.0 for s in sources)
     chosen = [
-        s
-        for s in sources[:EXTRACTIVE_PAPERS]
-        if best is None or s.score is None or s.score >= best - EXTRACTIVE_MARGIN
+        s for s in sources[:EXTRACTIVE_PAPERS] if (s.evidence or 0.0) >= best - EXTRACTIVE_MARGIN
     ]
-    candidates = [
-        (s, sentence) for s in chosen for sentence in split_sentences(s.snippet) or [s.snippet]
-    ]
-    vectors = embedder.embed([question] + [sentence for _, sentence in candidates])
-    similarity = vectors[1:] @ vectors[0]
-    lines = []
-    for source in chosen:
-        rows = [i for i, (s, _) in enumerate(candidates) if s.n == source.n]
-        top = rows[int(np.argmax(similarity[rows]))]
-        lines.append(f"- {candidates[top][1]} [{source.n}]")
-    text, cited, _ = resolve_citations("\n".join(lines), sources)
+    text, cited, _ = resolve_citations("\n".join(f"- {s.quote} [{s.n}]" for s in chosen), sources)
     return Answer(question, text, "extractive", cited, sources, [], EXTRACTIVE_NOTE)
 
 
@@ -208,13 +260,17 @@ def answer_question(
     llm: LLM | None = None,
     on_token: Callable[[str], None] | None = None,
 ) -> Answer:
-    """Answer from already retrieved `papers`; `llm=None` gives the extractive answer."""
+    """Answer from already retrieved `papers`; `llm=None` gives the extractive answer.
+
+    Both modes first weigh the evidence: when no sentence of the sources comes close enough
+    to the question (`settings.min_relevance`), the answer is the refusal, and the LLM is not
+    called.
+    """
     sources = number_sources(papers)
     mode = "llm" if llm is not None else "extractive"
     note = None if llm is not None else EXTRACTIVE_NOTE
-    best = best_relevance(sources)
-    if not sources or (best is not None and best < settings.min_relevance):
+    if not sources or weigh_evidence(question, sources, embedder) < settings.min_relevance:
         return refusal(question, sources, mode, note)
     if llm is None:
-        return extractive_answer(question, sources, embedder)
+        return extractive_answer(question, sources)
     return llm_answer(question, sources, llm, on_token)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rag.corpus import Fields, Paper, Problem, expand_paths, iter_file
 from rag.errors import InputError
@@ -112,4 +112,44 @@ def ask(
 
         llm = LLM(settings)
     papers = retriever.search(question, k or settings.top_k)
+    retriever.attach_texts(papers)
     return answer_question(question, papers, settings, embedder, None if no_llm else llm, on_token)
+
+
+def evaluate(
+    questions_file: Path,
+    settings: Settings,
+    out: Path,
+    modes: Sequence[str] = (),
+    k: int = 10,
+    no_llm: bool = False,
+    llm: LLM | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score the assistant on a question file; writes results, metrics and a report to `out`."""
+    from rag.evaluate import load_questions, run_questions, write_question_run
+
+    questions = load_questions(questions_file)
+    modes = list(dict.fromkeys(modes)) or [settings.retriever]
+    runs = run_questions(questions, settings, modes, k, no_llm, llm, progress=progress)
+    return write_question_run(out, runs, k, settings, questions_file, no_llm)
+
+
+def evaluate_beir(
+    data_dir: Path,
+    settings: Settings,
+    out: Path,
+    index_dir: Path | None = None,
+    mode: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score retrieval on a BEIR data set, ingested into its own (reused) index."""
+    from rag.evaluate import load_beir, run_beir, write_beir_run
+
+    data = load_beir(data_dir)
+    index_dir = index_dir or settings.index_dir.parent / f"beir-{data.name}"
+    beir_settings = settings.model_copy(update={"index_dir": index_dir})
+    rows, metrics = run_beir(data, beir_settings, mode or settings.retriever, progress=progress)
+    metrics["index_dir"] = str(index_dir)
+    write_beir_run(out, rows, metrics)
+    return metrics

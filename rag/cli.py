@@ -185,3 +185,80 @@ def print_answer(answer: Answer, streamed: bool) -> None:
     if answer.dropped_citations:
         numbers = ", ".join(f"[{n}]" for n in answer.dropped_citations)
         click.echo(f"\nDropped citations (not among the sources): {numbers}", err=True)
+
+
+MODES = ("dense", "bm25", "hybrid")
+
+
+@main.command("eval", context_settings=CONTEXT)
+@click.option(
+    "--questions", type=click.Path(path_type=Path), help="JSONL questions with gold titles."
+)
+@click.option("--beir", type=click.Path(path_type=Path), help="A BEIR data set directory instead.")
+@click.option(
+    "--index-dir",
+    type=click.Path(path_type=Path),
+    help="Index for the BEIR corpus (default: beir-NAME beside RAG_INDEX_DIR); reused.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("eval-results"),
+    show_default=True,
+    help="Directory for results.jsonl, metrics.json, report.md and the plot.",
+)
+@click.option(
+    "-k",
+    "--k",
+    "k",
+    type=click.IntRange(1, 100),
+    default=10,
+    show_default=True,
+    help="Papers retrieved and scored per question.",
+)
+@click.option("--no-llm", is_flag=True, help="Answer extractively, without the LLM.")
+@click.option(
+    "--retriever",
+    "modes",
+    type=click.Choice(MODES),
+    multiple=True,
+    help="Retriever mode; repeat to compare several (default: RAG_RETRIEVER).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print metrics.json.")
+def evaluate(
+    questions: Path | None,
+    beir: Path | None,
+    index_dir: Path | None,
+    out: Path,
+    k: int,
+    no_llm: bool,
+    modes: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Score answers on a question file, or retrieval on a BEIR data set.
+
+    \b
+    Examples:
+      rag eval --questions dev_questions.jsonl --no-llm --retriever dense --retriever hybrid
+      rag eval --beir data/scifact --out scifact-results
+    """
+    from rag import api
+
+    if (questions is None) == (beir is None):
+        raise click.UsageError("give exactly one of --questions FILE and --beir DIR")
+    if beir is not None and len(modes) > 1:
+        raise click.UsageError("--beir scores one retriever mode at a time")
+    settings = load_settings()
+    progress = sys.stderr.isatty()
+    if beir is not None:
+        metrics = api.evaluate_beir(
+            beir, settings, out, index_dir, modes[0] if modes else None, progress=progress
+        )
+    else:
+        metrics = api.evaluate(questions, settings, out, modes, k, no_llm, progress=progress)
+    if as_json:
+        emit_json(metrics)
+        return
+    report = (out / "report.md").read_text(encoding="utf-8")
+    click.echo("\n## ".join(report.split("\n## ")[:2]).rstrip())
+    click.echo(f"\nWrote {out}/: results.jsonl, metrics.json, report.md")

@@ -259,6 +259,18 @@ class Store:
             states.setdefault(meta["paper_id"], []).append({"id": chunk_id, **meta})
         return states
 
+    def paper_chunks(self, paper_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The chunk texts of these papers, in order, by paper id."""
+        if not paper_ids:
+            return {}
+        found = self.col.get(
+            where={"paper_id": {"$in": list(paper_ids)}}, include=["documents", "metadatas"]
+        )
+        parts: dict[str, list[tuple[int, str]]] = {}
+        for doc, meta in zip(found["documents"], found["metadatas"], strict=True):
+            parts.setdefault(meta["paper_id"], []).append((meta["chunk"], doc))
+        return {pid: [doc for _, doc in sorted(p)] for pid, p in parts.items()}
+
     def write(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
         self.col.upsert(
             ids=[c.chunk_id for c in chunks],

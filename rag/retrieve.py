@@ -41,6 +41,8 @@ class PaperHit:
     dates: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
+    """The whole abstract, rebuilt from its chunks (set by `attach_texts`)."""
 
     @classmethod
     def from_hit(cls, hit: Hit) -> PaperHit:
@@ -68,10 +70,44 @@ class PaperHit:
         }
 
 
+def join_chunks(chunks: Sequence[str]) -> str:
+    """An abstract rebuilt from its chunks in order, each overlap kept once."""
+    text = ""
+    for chunk in chunks:
+        head = chunk[:40]
+        at = text.rfind(head) if head else -1
+        if at >= 0 and chunk.startswith(text[at:]):
+            text = text[:at] + chunk
+        else:
+            text = f"{text} {chunk}" if text else chunk
+    return text
+
+
+def attach_texts(store: Store, papers: Sequence[PaperHit]) -> None:
+    """Give each paper its whole abstract (answers quote and cite whole abstracts)."""
+    chunks = store.paper_chunks([p.paper_id for p in papers if not p.text])
+    for paper in papers:
+        if paper.paper_id in chunks:
+            paper.text = join_chunks(chunks[paper.paper_id])
+
+
 class Retriever(Protocol):
     def search(self, query: str, k: int) -> list[PaperHit]:
         """The `k` best papers for `query`, best first."""
         ...
+
+    def attach_texts(self, papers: Sequence[PaperHit]) -> None:
+        """Fill in the whole abstract of each paper (`PaperHit.text`)."""
+        ...
+
+
+class StoreRetriever:
+    """What every retriever over our store shares."""
+
+    store: Store
+
+    def attach_texts(self, papers: Sequence[PaperHit]) -> None:
+        attach_texts(self.store, papers)
 
 
 def to_papers(hits: Sequence[Hit], k: int) -> list[PaperHit]:
@@ -86,7 +122,7 @@ def to_papers(hits: Sequence[Hit], k: int) -> list[PaperHit]:
     return list(papers.values())
 
 
-class DenseRetriever:
+class DenseRetriever(StoreRetriever):
     """Nearest chunks by cosine similarity in Chroma."""
 
     def __init__(self, store: Store, embedder: Embedder) -> None:
@@ -131,7 +167,7 @@ def _analyzer() -> tuple[frozenset[str], Any]:
     return frozenset(STOPWORDS_EN), Stemmer.Stemmer("english")
 
 
-class BM25Retriever:
+class BM25Retriever(StoreRetriever):
     """Lexical BM25 (bm25s) over whole papers: the title and every chunk of the abstract.
 
     Paper-level documents score better than chunk-level ones (a term in another chunk of the
@@ -180,7 +216,7 @@ class BM25Retriever:
         return hits
 
 
-class HybridRetriever:
+class HybridRetriever(StoreRetriever):
     """Dense and BM25 paper rankings fused by reciprocal rank fusion.
 
     Each side ranks `depth` papers; a paper's fused score is the sum over the sides of
@@ -199,6 +235,7 @@ class HybridRetriever:
     ) -> None:
         self.dense = dense
         self.bm25 = bm25
+        self.store = dense.store
         self.weights = (dense_weight, bm25_weight)
         self.depth = depth
 

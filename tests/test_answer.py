@@ -22,6 +22,9 @@ class FixedRetriever:
         self.queries.append(query)
         return self.hits[:k]
 
+    def attach_texts(self, papers: list[PaperHit]) -> None:
+        pass  # the snippets stand in for abstracts
+
 
 HITS = [
     PaperHit(
@@ -58,6 +61,7 @@ def llm_settings(fake: FakeLLM, **extra: object) -> Settings:
         "openai_base_url": fake.base_url,
         "llm_model": "test-model",
         "llm_max_retries": 0,
+        "min_relevance": 0.0,  # the toy hash embedder is no judge of evidence
         **extra,
     }
     return Settings(**values)
@@ -154,7 +158,7 @@ def test_weak_retrieval_is_refused_without_calling_the_llm(fake_llm: FakeLLM) ->
     weak = [PaperHit("p1", "Pointer Networks", 0.05, "Pointer networks.", "p1#0", 0.05)]
     answer = api.ask(
         "Recipe for sourdough bread?",
-        llm_settings(fake_llm),
+        llm_settings(fake_llm, min_relevance=0.5),
         retriever=FixedRetriever(weak),
         embedder=HashEmbedder(),
     )
