@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SCHEMA_KEY = "rag_schema"
+GENERATION_KEY = "generation"
 LOCK_NAME = ".ingest.lock"
 PAPER_BATCH = 256  # papers compared with the index per round trip
 WRITE_BATCH = 2048  # chunks per Chroma write (below its max batch size)
@@ -259,19 +260,35 @@ class Store:
             states.setdefault(meta["paper_id"], []).append({"id": chunk_id, **meta})
         return states
 
-    def paper_chunks(self, paper_ids: Sequence[str]) -> dict[str, list[str]]:
-        """The chunk texts of these papers, in order, by paper id."""
+    def paper_chunks(self, paper_ids: Sequence[str]) -> dict[str, list[Hit]]:
+        """Every chunk of these papers (text and metadata), in order, by paper id."""
         if not paper_ids:
             return {}
         found = self.col.get(
             where={"paper_id": {"$in": list(paper_ids)}}, include=["documents", "metadatas"]
         )
-        parts: dict[str, list[tuple[int, str]]] = {}
-        for doc, meta in zip(found["documents"], found["metadatas"], strict=True):
-            parts.setdefault(meta["paper_id"], []).append((meta["chunk"], doc))
-        return {pid: [doc for _, doc in sorted(p)] for pid, p in parts.items()}
+        parts: dict[str, list[Hit]] = {}
+        for cid, doc, meta in zip(
+            found["ids"], found["documents"], found["metadatas"], strict=True
+        ):
+            parts.setdefault(meta["paper_id"], []).append(Hit(cid, 0.0, doc, meta))
+        return {pid: sorted(p, key=lambda h: h.metadata["chunk"]) for pid, p in parts.items()}
+
+    def stamp(self) -> tuple[int, int]:
+        """(generation, chunk count): changes whenever an ingest changes the collection, so
+        indexes derived from it (BM25) know when to rebuild. About a millisecond."""
+        meta = self.client.get_collection(self.settings.collection).metadata or {}
+        return int(meta.get(GENERATION_KEY, 0)), self.count()
+
+    def bump_generation(self) -> None:
+        """Mark the collection as changed (before and after an ingest that writes)."""
+        col = self.client.get_collection(self.settings.collection, embedding_function=None)
+        meta = dict(col.metadata or {})
+        meta[GENERATION_KEY] = int(meta.get(GENERATION_KEY, 0)) + 1
+        col.modify(metadata=meta)
 
     def write(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        self._mark_changed()
         self.col.upsert(
             ids=[c.chunk_id for c in chunks],
             embeddings=vectors,
@@ -280,10 +297,21 @@ class Store:
         )
 
     def update_metadata(self, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
+        self._mark_changed()
         self.col.update(ids=ids, metadatas=metadatas)
 
     def delete(self, ids: list[str]) -> None:
+        self._mark_changed()
         self.col.delete(ids=ids)
+
+    changed = False
+    """True once this `Store` has written anything."""
+
+    def _mark_changed(self) -> None:
+        # Bumped before the first write, so that even a killed ingest leaves a new generation.
+        if not self.changed:
+            self.changed = True
+            self.bump_generation()
 
     def query(self, vector: np.ndarray, n: int) -> list[Hit]:
         """The `n` chunks nearest to `vector`, best first."""
@@ -374,6 +402,8 @@ def ingest_papers(
                         status[pid] = state
         report.count(status)
         report.papers_total = store.paper_count() if store.exists() else 0
+        if store.changed:
+            store.bump_generation()  # whatever was derived during the ingest is stale too
     return report
 
 

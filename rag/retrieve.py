@@ -6,11 +6,16 @@ paper, its best chunk as the snippet), which is what every caller sees.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -22,6 +27,8 @@ if TYPE_CHECKING:
     from rag.settings import Settings
 
 CHUNKS_PER_PAPER = 4  # chunks fetched per wanted paper, so that k distinct papers come back
+log = logging.getLogger(__name__)
+TOKENIZER_VERSION = 2  # bump when `tokenize` changes: saved BM25 indexes are then rebuilt
 RRF_K = 60  # the usual reciprocal-rank-fusion constant (Cormack et al., 2009)
 # A word, or a hyphenated compound ("bi-level", "L-Mul"), which also counts joined ("bilevel").
 TOKEN = re.compile(r"\w+(?:-\w+)+|\w+")
@@ -88,7 +95,7 @@ def attach_texts(store: Store, papers: Sequence[PaperHit]) -> None:
     chunks = store.paper_chunks([p.paper_id for p in papers if not p.text])
     for paper in papers:
         if paper.paper_id in chunks:
-            paper.text = join_chunks(chunks[paper.paper_id])
+            paper.text = join_chunks([c.text for c in chunks[paper.paper_id]])
 
 
 class Retriever(Protocol):
@@ -167,53 +174,117 @@ def _analyzer() -> tuple[frozenset[str], Any]:
     return frozenset(STOPWORDS_EN), Stemmer.Stemmer("english")
 
 
+def _bm25s() -> Any:
+    import bm25s
+
+    # bm25s sets its logger to DEBUG on import, which floods any configured root handler.
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
 class BM25Retriever(StoreRetriever):
     """Lexical BM25 (bm25s) over whole papers: the title and every chunk of the abstract.
 
     Paper-level documents score better than chunk-level ones (a term in another chunk of the
-    same abstract still counts), and the ranking is per paper anyway. Built from the store when
-    first used, so it always agrees with the vectors (the bundled corpus: about 0.1 s).
+    same abstract still counts), and the ranking is per paper anyway. The index is derived
+    from the store and saved beside it (`<index>/bm25/<collection>/`) with the store's stamp;
+    a search first checks the stamp (about a millisecond), so after any ingest, here or in
+    another process, the next search rebuilds it (the bundled corpus: about 1 s) and every
+    later process just loads it.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._model: Any = None
+        self._paper_ids: list[str] = []
+        self._stamp: tuple[int, int] | None = None
+        self._lock = threading.Lock()
 
-    @cached_property
-    def _index(self) -> tuple[Any, list[list[Hit]]]:
-        import bm25s
+    @property
+    def path(self) -> Path:
+        return self.store.settings.index_dir / "bm25" / self.store.settings.collection
 
-        # bm25s sets its logger to DEBUG on import, which floods any configured root handler.
-        logging.getLogger("bm25s").setLevel(logging.WARNING)
+    def _current(self) -> tuple[Any, list[str]]:
+        stamp = self.store.stamp()
+        with self._lock:
+            if stamp != self._stamp:
+                loaded = self._load(stamp)
+                self._model, self._paper_ids = loaded or self._build(stamp)
+                self._stamp = stamp
+            return self._model, self._paper_ids
+
+    def _load(self, stamp: tuple[int, int]) -> tuple[Any, list[str]] | None:
+        bm25s = _bm25s()
+        try:
+            saved = json.loads((self.path / "papers.json").read_text(encoding="utf-8"))
+            if tuple(saved["stamp"]) != stamp or saved["tokenizer"] != TOKENIZER_VERSION:
+                return None
+            return bm25s.BM25.load(str(self.path / "model")), list(saved["paper_ids"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # missing, stale or damaged: rebuild
+
+    def _build(self, stamp: tuple[int, int]) -> tuple[Any, list[str]]:
+        bm25s = _bm25s()
         papers: dict[str, list[Hit]] = {}
         for chunk in self.store.all_chunks():
             papers.setdefault(chunk.metadata["paper_id"], []).append(chunk)
-        groups = [sorted(g, key=lambda c: c.metadata["chunk"]) for g in papers.values()]
+        ids = sorted(papers)
         model = bm25s.BM25()
-        if groups:
-            docs = [
-                tokenize(" ".join([g[0].metadata["title"], *(c.text for c in g)])) for g in groups
-            ]
+        if ids:
+            docs = []
+            for pid in ids:
+                group = sorted(papers[pid], key=lambda c: c.metadata["chunk"])
+                docs.append(
+                    tokenize(" ".join([group[0].metadata["title"], *(c.text for c in group)]))
+                )
             model.index(docs, show_progress=False)
-        return model, groups
+            self._save(model, ids, stamp)
+        return model, ids
 
-    def search(self, query: str, k: int) -> list[PaperHit]:
-        model, groups = self._index
+    def _save(self, model: Any, ids: list[str], stamp: tuple[int, int]) -> None:
+        """Written to a new directory then renamed over the old one: readers never see half."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save(str(tmp / "model"))
+            record = {"stamp": list(stamp), "tokenizer": TOKENIZER_VERSION, "paper_ids": ids}
+            (tmp / "papers.json").write_text(json.dumps(record), encoding="utf-8")
+            old = self.path.with_name(f".{self.path.name}.{os.getpid()}.old")
+            if self.path.exists():
+                self.path.rename(old)
+            tmp.rename(self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError as exc:  # a read-only index still answers, from memory
+            log.info("BM25 index not saved (%s); it is rebuilt per process", exc)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def rank(self, query: str, k: int) -> list[tuple[str, float]]:
+        """The `k` best (paper id, BM25 score) pairs; papers sharing no term are left out."""
+        model, ids = self._current()
         vocab = getattr(model, "vocab_dict", None) or {}
         tokens = [t for t in tokenize(query) if t in vocab]
-        if not tokens or not groups:
+        if not tokens or not ids:
             return []
-        ids, scores = model.retrieve([tokens], k=min(k, len(groups)), show_progress=False)
-        wanted = set(tokens)
+        found, scores = model.retrieve([tokens], k=min(k, len(ids)), show_progress=False)
+        return [(ids[i], float(s)) for i, s in zip(found[0], scores[0], strict=True) if s > 0]
+
+    def hits(self, query: str, ranking: Sequence[tuple[str, float]]) -> list[PaperHit]:
+        """Ranked paper ids -> papers, each with the chunk sharing most query terms as snippet."""
+        chunks = self.store.paper_chunks([pid for pid, _ in ranking])
+        wanted = set(tokenize(query))
         hits = []
-        for i, score in zip(ids[0], scores[0], strict=True):
-            if score <= 0:
-                break
-            # The snippet: the chunk that shares the most query terms.
-            best = max(groups[i], key=lambda c: len(wanted & set(tokenize(c.text))))
-            hit = PaperHit.from_hit(Hit(best.chunk_id, float(score), best.text, best.metadata))
+        for pid, score in ranking:
+            if pid not in chunks:
+                continue  # deleted since the stamp was read
+            best = max(chunks[pid], key=lambda c: len(wanted & set(tokenize(c.text))))
+            hit = PaperHit.from_hit(Hit(best.chunk_id, score, best.text, best.metadata))
             hit.relevance = None  # a BM25 score is no similarity
+            hit.text = join_chunks([c.text for c in chunks[pid]])
             hits.append(hit)
         return hits
+
+    def search(self, query: str, k: int) -> list[PaperHit]:
+        return self.hits(query, self.rank(query, k))
 
 
 class HybridRetriever(StoreRetriever):
@@ -243,16 +314,21 @@ class HybridRetriever(StoreRetriever):
         vector = self.dense.query_vector(query)
         depth = max(self.depth, k)
         dense = self.dense.search_vector(vector, depth)
-        lexical = self.bm25.search(query, depth)
+        lexical = self.bm25.rank(query, depth)
         fused: dict[str, float] = {}
-        for weight, ranking in zip(self.weights, (dense, lexical), strict=True):
-            for rank, paper in enumerate(ranking, start=1):
-                fused[paper.paper_id] = fused.get(paper.paper_id, 0.0) + weight / (RRF_K + rank)
-        by_id = {p.paper_id: p for p in lexical} | {p.paper_id: p for p in dense}
+        rankings = ([p.paper_id for p in dense], [pid for pid, _ in lexical])
+        for weight, ranking in zip(self.weights, rankings, strict=True):
+            for rank, pid in enumerate(ranking, start=1):
+                fused[pid] = fused.get(pid, 0.0) + weight / (RRF_K + rank)
         best = sorted(fused, key=lambda pid: (-fused[pid], pid))[:k]
-        papers = [by_id[pid] for pid in best]
-        lexical_only = [p for p in papers if p.paper_id not in {d.paper_id for d in dense}]
-        vectors = self.dense.store.vectors([p.chunk_id for p in lexical_only])
+        by_id = {p.paper_id: p for p in dense}
+        # Only papers that BM25 alone found need their chunks fetched (and their cosine).
+        lexical_only = self.bm25.hits(
+            query, [(pid, fused[pid]) for pid in best if pid not in by_id]
+        )
+        by_id.update((p.paper_id, p) for p in lexical_only)
+        vectors = self.store.vectors([p.chunk_id for p in lexical_only])
+        papers = [by_id[pid] for pid in best if pid in by_id]
         for paper in papers:
             if paper.chunk_id in vectors:
                 paper.relevance = float(vectors[paper.chunk_id] @ vector)

@@ -167,3 +167,40 @@ def test_listing_metadata_round_trip(settings: Settings) -> None:
     meta = Store(settings, "test-hash").chunk_states(["id1"])["id1"][0]
     assert meta["title"] == "T" and meta["paper_id"] == "id1"
     assert meta["dates"] == ["May 8"] and meta["sources"] == ["p1", "p2"]
+
+
+def test_bm25_follows_incremental_ingests_and_is_saved_beside_the_store(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag.retrieve import BM25Retriever
+
+    embedder = HashEmbedder()
+    ingest_papers(papers(), settings, embedder)
+    retriever = BM25Retriever(Store(settings, embedder.name))
+    assert [h.title for h in retriever.search("sign-based optimizer", 3)][0] == "Lion Optimizer"
+    assert retriever.search("zeolite", 3) == []
+
+    # Another ingest (as from another process): the same retriever sees the new paper and
+    # no longer sees the old text of a changed one.
+    changed = make_paper("Pointer Networks", "Zeolite catalysts, now with pointers. " * 3)
+    ingest_papers([changed], settings, embedder)
+    assert [h.title for h in retriever.search("zeolite catalysts", 3)] == ["Pointer Networks"]
+    old_text = retriever.search("attention selects input positions", 3)
+    assert "Pointer Networks" not in [h.title for h in old_text]
+
+    # A fresh retriever loads the saved index instead of rebuilding it.
+    assert (settings.index_dir / "bm25" / settings.collection / "papers.json").exists()
+    monkeypatch.setattr(BM25Retriever, "_build", lambda *a: pytest.fail("rebuilt"))
+    fresh = BM25Retriever(Store(settings, embedder.name))
+    assert [h.title for h in fresh.search("zeolite", 3)] == ["Pointer Networks"]
+
+
+def test_unchanged_reingest_keeps_the_store_generation(settings: Settings) -> None:
+    embedder = HashEmbedder()
+    ingest_papers(papers(), settings, embedder)
+    store = Store(settings, embedder.name)
+    before = store.stamp()
+    ingest_papers(papers(), settings, embedder)
+    assert Store(settings, embedder.name).stamp() == before
+    ingest_papers([make_paper("New", "A new abstract about graphs. " * 3)], settings, embedder)
+    assert Store(settings, embedder.name).stamp() > before
