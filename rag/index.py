@@ -274,6 +274,19 @@ class Store:
             parts.setdefault(meta["paper_id"], []).append(Hit(cid, 0.0, doc, meta))
         return {pid: sorted(p, key=lambda h: h.metadata["chunk"]) for pid, p in parts.items()}
 
+    def best_cosines(self, paper_ids: Sequence[str], vector: np.ndarray) -> dict[str, float]:
+        """Each paper's best chunk cosine similarity to `vector` (vectors are unit length)."""
+        if not paper_ids:
+            return {}
+        found = self.col.get(
+            where={"paper_id": {"$in": list(paper_ids)}}, include=["embeddings", "metadatas"]
+        )
+        best: dict[str, float] = {}
+        sims = np.asarray(found["embeddings"], dtype=np.float32) @ vector
+        for sim, meta in zip(sims.tolist(), found["metadatas"], strict=True):
+            best[meta["paper_id"]] = max(sim, best.get(meta["paper_id"], -1.0))
+        return best
+
     def stamp(self) -> tuple[int, int]:
         """(generation, chunk count): changes whenever an ingest changes the collection, so
         indexes derived from it (BM25) know when to rebuild. About a millisecond."""

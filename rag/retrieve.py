@@ -260,13 +260,20 @@ class BM25Retriever(StoreRetriever):
 
     def rank(self, query: str, k: int) -> list[tuple[str, float]]:
         """The `k` best (paper id, BM25 score) pairs; papers sharing no term are left out."""
+        ids, scores = self.scores(query)
+        if not ids:
+            return []
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(ids[i], float(scores[i])) for i in top if scores[i] > 0]
+
+    def scores(self, query: str) -> tuple[list[str], np.ndarray]:
+        """Every paper's BM25 score for `query`: (paper ids, scores in the same order)."""
         model, ids = self._current()
         vocab = getattr(model, "vocab_dict", None) or {}
         tokens = [t for t in tokenize(query) if t in vocab]
         if not tokens or not ids:
-            return []
-        found, scores = model.retrieve([tokens], k=min(k, len(ids)), show_progress=False)
-        return [(ids[i], float(s)) for i, s in zip(found[0], scores[0], strict=True) if s > 0]
+            return ids, np.zeros(len(ids), dtype=np.float32)
+        return ids, np.asarray(model.get_scores(tokens), dtype=np.float32)
 
     def hits(self, query: str, ranking: Sequence[tuple[str, float]]) -> list[PaperHit]:
         """Ranked paper ids -> papers, each with the chunk sharing most query terms as snippet."""
@@ -288,52 +295,72 @@ class BM25Retriever(StoreRetriever):
 
 
 class HybridRetriever(StoreRetriever):
-    """Dense and BM25 paper rankings fused by reciprocal rank fusion.
+    """Dense and BM25 scores fused per paper.
 
-    Each side ranks `depth` papers; a paper's fused score is the sum over the sides of
-    weight / (RRF_K + rank). Titles, acronyms and rare terms come from BM25, paraphrases from
-    the dense side. Every returned paper gets its true cosine `relevance`, also when only BM25
-    found it, so refusal thresholds keep working.
+    The candidates are each side's `depth` best papers. `fusion="convex"` (the default) scores a
+    candidate by dense_weight * cosine / best cosine + bm25_weight * bm25 / best bm25, using
+    each paper's exact score on both sides (its best chunk's cosine, its BM25 score);
+    `fusion="rrf"` sums weight / (60 + rank) instead. Titles, acronyms and rare terms come from
+    BM25, paraphrases from the dense side. Every returned paper has its true cosine
+    `relevance`, also when only BM25 found it.
     """
 
     def __init__(
         self,
         dense: DenseRetriever,
         bm25: BM25Retriever,
-        dense_weight: float = 1.0,
-        bm25_weight: float = 1.0,
+        dense_weight: float = 0.6,
+        bm25_weight: float = 0.4,
+        fusion: str = "convex",
         depth: int = 50,
     ) -> None:
         self.dense = dense
         self.bm25 = bm25
         self.store = dense.store
         self.weights = (dense_weight, bm25_weight)
+        self.fusion = fusion
         self.depth = depth
 
     def search(self, query: str, k: int) -> list[PaperHit]:
         vector = self.dense.query_vector(query)
         depth = max(self.depth, k)
-        dense = self.dense.search_vector(vector, depth)
-        lexical = self.bm25.rank(query, depth)
-        fused: dict[str, float] = {}
-        rankings = ([p.paper_id for p in dense], [pid for pid, _ in lexical])
-        for weight, ranking in zip(self.weights, rankings, strict=True):
-            for rank, pid in enumerate(ranking, start=1):
-                fused[pid] = fused.get(pid, 0.0) + weight / (RRF_K + rank)
+        dense = {p.paper_id: p for p in self.dense.search_vector(vector, depth)}
+        ids, bm25 = self.bm25.scores(query)
+        lexical = {ids[i]: float(bm25[i]) for i in np.argsort(-bm25, kind="stable")[:depth]
+                   if bm25[i] > 0}  # fmt: skip
+        fused = (self._convex(vector, dense, dict(zip(ids, bm25.tolist(), strict=True)), lexical)
+                 if self.fusion == "convex" else self._rrf(dense, lexical))  # fmt: skip
         best = sorted(fused, key=lambda pid: (-fused[pid], pid))[:k]
-        by_id = {p.paper_id: p for p in dense}
-        # Only papers that BM25 alone found need their chunks fetched (and their cosine).
-        lexical_only = self.bm25.hits(
-            query, [(pid, fused[pid]) for pid in best if pid not in by_id]
-        )
-        by_id.update((p.paper_id, p) for p in lexical_only)
-        vectors = self.store.vectors([p.chunk_id for p in lexical_only])
+        found = self.bm25.hits(query, [(pid, fused[pid]) for pid in best if pid not in dense])
+        vectors = self.store.vectors([p.chunk_id for p in found])
+        by_id = dense | {p.paper_id: p for p in found}
         papers = [by_id[pid] for pid in best if pid in by_id]
         for paper in papers:
             if paper.chunk_id in vectors:
                 paper.relevance = float(vectors[paper.chunk_id] @ vector)
             paper.score = fused[paper.paper_id]
         return papers
+
+    def _convex(
+        self, vector: np.ndarray, dense: dict[str, PaperHit], bm25: dict[str, float],
+        lexical: dict[str, float],
+    ) -> dict[str, float]:  # fmt: skip
+        cosine = {pid: p.score for pid, p in dense.items()}
+        cosine |= self.store.best_cosines([pid for pid in lexical if pid not in dense], vector)
+        top_cos = max([c for c in cosine.values() if c > 0], default=1.0)
+        top_bm25 = max(bm25.values(), default=0.0) or 1.0
+        wd, wb = self.weights
+        return {
+            pid: wd * max(cosine.get(pid, 0.0), 0.0) / top_cos + wb * bm25.get(pid, 0.0) / top_bm25
+            for pid in dense.keys() | lexical.keys()
+        }
+
+    def _rrf(self, dense: dict[str, PaperHit], lexical: dict[str, float]) -> dict[str, float]:
+        fused: dict[str, float] = {}
+        for weight, ranking in zip(self.weights, (list(dense), list(lexical)), strict=True):
+            for rank, pid in enumerate(ranking, start=1):
+                fused[pid] = fused.get(pid, 0.0) + weight / (RRF_K + rank)
+        return fused
 
 
 def get_retriever(
@@ -355,4 +382,5 @@ def get_retriever(
         BM25Retriever(store),
         settings.dense_weight,
         settings.bm25_weight,
+        settings.fusion,
     )

@@ -58,14 +58,19 @@ class Settings(BaseSettings):
     # --- retrieval -------------------------------------------------------------------------
     retriever: Literal["dense", "bm25", "hybrid"] = Field(
         default="hybrid",
-        description="dense (Chroma), bm25 (lexical) or hybrid (both, reciprocal rank fusion).",
+        description="dense (Chroma), bm25 (lexical) or hybrid (both, fused per paper).",
+    )
+    fusion: Literal["convex", "rrf"] = Field(
+        default="convex",
+        description=(
+            "How hybrid fuses the two sides: convex (weighted sum of max-normalised scores; "
+            "best on the dev questions and on BEIR SciFact) or rrf (reciprocal rank fusion)."
+        ),
     )
     dense_weight: float = Field(
-        default=1.0, ge=0, description="Weight of the dense ranking in fusion."
+        default=0.6, ge=0, description="Weight of the dense side in fusion."
     )
-    bm25_weight: float = Field(
-        default=1.0, ge=0, description="Weight of the BM25 ranking in fusion."
-    )
+    bm25_weight: float = Field(default=0.4, ge=0, description="Weight of the BM25 side in fusion.")
     top_k: int = Field(default=5, ge=1, le=100, description="Papers given to the answer step.")
     min_relevance: float = Field(
         default=0.52,
