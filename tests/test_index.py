@@ -177,7 +177,7 @@ def test_bm25_follows_incremental_ingests_and_is_saved_beside_the_store(
     embedder = HashEmbedder()
     ingest_papers(papers(), settings, embedder)
     retriever = BM25Retriever(Store(settings, embedder.name))
-    assert [h.title for h in retriever.search("sign-based optimizer", 3)][0] == "Lion Optimizer"
+    assert retriever.search("sign-based optimizer", 3)[0].title == "Lion Optimizer"
     assert retriever.search("zeolite", 3) == []
 
     # Another ingest (as from another process): the same retriever sees the new paper and
