@@ -13,6 +13,7 @@ from rag.errors import InputError
 
 if TYPE_CHECKING:
     from rag.answer import Answer
+    from rag.conversation import Turn
     from rag.embed import Embedder
     from rag.index import IngestReport
     from rag.llm import LLM
@@ -98,11 +99,30 @@ def ask(
     on_token: Callable[[str], None] | None = None,
 ) -> Answer:
     """A cited answer to `question`: from the LLM when one is configured, else extractive."""
+    answer, _ = chat(question, [], settings, k, no_llm, llm, retriever, embedder, on_token)
+    return answer
+
+
+def chat(
+    message: str,
+    history: Sequence[Turn],
+    settings: Settings,
+    k: int | None = None,
+    no_llm: bool = False,
+    llm: LLM | None = None,
+    retriever: Retriever | None = None,
+    embedder: Embedder | None = None,
+    on_token: Callable[[str], None] | None = None,
+) -> tuple[Answer, Turn]:
+    """One chat turn: `message` read in the light of `history` (oldest first), answered with
+    citations; returns the answer and the turn to append to the history."""
     from rag.answer import answer_question, clean_question
+    from rag.conversation import Turn, condense, pinned_papers
     from rag.embed import get_embedder
     from rag.retrieve import get_retriever
 
-    question = clean_question(question)
+    question = clean_question(message)
+    k = k or settings.top_k
     embedder = embedder or get_embedder(settings)
     if retriever is None:
         ensure_index(settings, embedder)
@@ -111,9 +131,18 @@ def ask(
         from rag.llm import LLM
 
         llm = LLM(settings)
-    papers = retriever.search(question, k or settings.top_k)
+    llm = None if no_llm else llm
+    standalone = condense(question, history, llm)
+    papers = retriever.search(standalone, k)
+    pins = [] if llm is not None else pinned_papers(question, history)
+    if pins:
+        kept = retriever.papers_by_id(pins)[:k]
+        papers = kept + [p for p in papers if p.paper_id not in pins][: k - len(kept)]
     retriever.attach_texts(papers)
-    return answer_question(question, papers, settings, embedder, None if no_llm else llm, on_token)
+    answer = answer_question(standalone, papers, settings, embedder, llm, on_token)
+    answer.question = question
+    turn = Turn(question, answer.answer, standalone, [s.paper_id for s in answer.citations])
+    return answer, turn
 
 
 def evaluate(

@@ -107,6 +107,10 @@ class Retriever(Protocol):
         """Fill in the whole abstract of each paper (`PaperHit.text`)."""
         ...
 
+    def papers_by_id(self, paper_ids: Sequence[str]) -> list[PaperHit]:
+        """These papers, in the given order (a follow-up keeps the papers it refers to)."""
+        ...
+
 
 class StoreRetriever:
     """What every retriever over our store shares."""
@@ -115,6 +119,18 @@ class StoreRetriever:
 
     def attach_texts(self, papers: Sequence[PaperHit]) -> None:
         attach_texts(self.store, papers)
+
+    def papers_by_id(self, paper_ids: Sequence[str]) -> list[PaperHit]:
+        """These papers (those still in the index), in the given order, with their texts."""
+        chunks = self.store.paper_chunks(paper_ids)
+        papers = []
+        for pid in paper_ids:
+            if pid in chunks:
+                paper = PaperHit.from_hit(chunks[pid][0])
+                paper.relevance = None
+                paper.text = join_chunks([c.text for c in chunks[pid]])
+                papers.append(paper)
+        return papers
 
 
 def to_papers(hits: Sequence[Hit], k: int) -> list[PaperHit]:

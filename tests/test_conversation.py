@@ -1,0 +1,66 @@
+"""Follow-up questions: recognised, condensed (by the LLM or without one), papers kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag import api
+from rag.conversation import Turn, condense, is_follow_up, pinned_papers
+from rag.llm import LLM
+from rag.settings import Settings
+from tests.fake_llm import FakeLLM
+
+LION = "Symbolic Discovery of Optimization Algorithms"
+
+
+@pytest.mark.parametrize(
+    ("question", "follow_up"),
+    [
+        ("what about its limitations?", True),
+        ("And the memory cost?", True),
+        ("How does the second one compare?", True),
+        ("Which papers study the Lion optimizer and its memory use compared with AdamW?", False),
+        ("How does L-Mul replace floating point multiplication in language models?", False),
+    ],
+)
+def test_follow_ups_are_recognised(question: str, follow_up: bool) -> None:
+    assert is_follow_up(question) is follow_up
+
+
+def test_without_an_llm_a_follow_up_joins_the_previous_question() -> None:
+    history = [Turn("Which optimizer did program search discover?", "Lion [1].", "", ["p2"])]
+    assert condense("what about its limitations?", history, None) == (
+        "Which optimizer did program search discover? what about its limitations?"
+    )
+    assert pinned_papers("what about its limitations?", history) == ["p2"]
+    standalone = "Which papers use reinforcement learning for chip placement?"
+    assert condense(standalone, history, None) == standalone
+    assert pinned_papers(standalone, history) == []
+
+
+def test_with_an_llm_the_question_is_condensed_with_the_history(fake_llm: FakeLLM) -> None:
+    fake_llm.reply("What are the limitations of the Lion optimizer?")
+    settings = Settings(openai_api_key="sk-x", openai_base_url=fake_llm.base_url)
+    history = [Turn("Which optimizer did program search find?", "Lion [1].", "", ["p2"])]
+    got = condense("what about its limitations?", history, LLM(settings))
+    assert got == "What are the limitations of the Lion optimizer?"
+    (request,) = fake_llm.chat_requests()
+    prompt = request["body"]["messages"][0]["content"]
+    assert "User: Which optimizer did program search find?" in prompt
+    assert (
+        "Assistant: Lion [1]." in prompt and "Last message: what about its limitations?" in prompt
+    )
+
+
+def test_follow_up_over_the_corpus_keeps_the_paper(corpus_settings: Settings) -> None:
+    first, turn = api.chat(
+        "Which optimizer was discovered by symbolic program search, and how does it compare "
+        "with AdamW?",
+        [],
+        corpus_settings,
+        no_llm=True,
+    )
+    assert LION in [s.title for s in first.citations]
+    second, _ = api.chat("what about its limitations?", [turn], corpus_settings, no_llm=True)
+    assert second.sources[0].title == LION
+    assert LION in [s.title for s in second.citations]
