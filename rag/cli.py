@@ -262,3 +262,31 @@ def evaluate(
     report = (out / "report.md").read_text(encoding="utf-8")
     click.echo("\n## ".join(report.split("\n## ")[:2]).rstrip())
     click.echo(f"\nWrote {out}/: results.jsonl, metrics.json, report.md")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+def serve(host: str, port: int) -> None:
+    """Start the chat UI (builds the index first if there is none).
+
+    \b
+    Example:
+      rag serve --port 7861        # then open http://127.0.0.1:7861
+    Set RAG_UI_AUTH=user:password to require a login.
+    """
+    from rag import api
+    from rag.embed import get_embedder
+    from rag.errors import RagError
+
+    settings = load_settings()
+    embedder = get_embedder(settings)
+    api.ensure_index(settings, embedder, progress=True)
+    try:
+        from ui.app import ChatService, launch
+    except ImportError as exc:
+        raise RagError(
+            f"the UI needs gradio ({exc.name} missing): pip install -e '.[ui]'"
+        ) from None
+    click.echo(f"rag: serving on http://{host}:{port} (Ctrl+C stops)", err=True)
+    launch(settings, host, port, service=ChatService(settings, embedder))

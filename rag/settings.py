@@ -101,10 +101,33 @@ class Settings(BaseSettings):
         default=3, ge=0, description="Retries of a failed LLM request (429, 5xx, connection)."
     )
 
+    # --- UI ----------------------------------------------------------------------------------
+    ui_auth: SecretStr | None = Field(
+        default=None,
+        description="Login for the web UI as user:password (unset: no login; the UI binds to "
+        "127.0.0.1 unless `rag serve --host` says otherwise).",
+    )
+
     @field_validator("openai_base_url")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("ui_auth")
+    @classmethod
+    def _user_colon_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        user, sep, password = value.get_secret_value().partition(":")
+        if not (user and sep and password):
+            raise ValueError("expected user:password")
+        return value
+
+    def ui_credentials(self) -> tuple[str, str] | None:
+        if self.ui_auth is None:
+            return None
+        user, _, password = self.ui_auth.get_secret_value().partition(":")
+        return user, password
 
     @property
     def llm_configured(self) -> bool:

@@ -15,6 +15,6 @@ if [ "$extra" = "test" ]; then
   "$VENV/bin/pip" install -q "torch==2.13.0"
   "$VENV/bin/pip" install -q -e "$ROOT[test]"
 else
-  "$VENV/bin/pip" install -q -e "$ROOT[eval]"
+  "$VENV/bin/pip" install -q -e "$ROOT[ui,eval]"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -35,6 +35,7 @@ class FakeLLM:
         self.requests: list[dict[str, Any]] = []
         self.delay = 0.0
         self.chunk_size = 4  # characters per streamed delta
+        self.chunk_delay = 0.0  # seconds between streamed deltas
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -120,6 +121,8 @@ class FakeLLM:
                     event = _chunk(body, {"content": text[start : start + step]})
                     self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
                     self.wfile.flush()
+                    if fake.chunk_delay:
+                        time.sleep(fake.chunk_delay)
                 final = _chunk(body, {}, finish="stop")
                 self.wfile.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
                 self.wfile.flush()

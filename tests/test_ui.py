@@ -1,0 +1,264 @@
+"""The web UI: `rag serve` in a real browser (headless Chromium through Playwright), the `/chat`
+API through gradio_client (8 chats at once), LLM failures, the no-LLM banner and the login."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fake_llm import FakeLLM, Fault
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+KEY = "sk-ui-test-SECRET-4242"
+LMUL = "Addition is All You Need for Energy-efficient Language Models"
+LION = "Symbolic Discovery of Optimization Algorithms"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"rag serve exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not come up in {timeout} s")
+
+
+def source_number(prompt: str, title: str) -> str | None:
+    found = re.search(rf'<source n="(\d+)">\nTitle: {re.escape(title)}\n', prompt)
+    return found.group(1) if found else None
+
+
+def scripted_llm(body: dict[str, Any]) -> str:
+    """Condenses follow-ups, answers about L-Mul and Lion citing the right source numbers."""
+    prompt = body["messages"][-1]["content"]
+    if "Rewrite the user's last message" in prompt:
+        return "What are the limitations of the L-Mul multiplication algorithm?"
+    for title, text in (
+        (LMUL, "L-Mul approximates multiplication with integer additions"),
+        (LION, "Lion is a sign-based optimizer found by program search"),
+    ):
+        n = source_number(prompt, title)
+        if n:
+            return f"{text} [{n}]."
+    return "The collection does not cover this question."
+
+
+@pytest.fixture(scope="module")
+def llm_server() -> Iterator[FakeLLM]:
+    server = FakeLLM().start()
+    server.default = scripted_llm
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def served(
+    corpus_index: Path, llm_server: FakeLLM, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
+    """`rag serve` on a free loopback port, over a copy of the corpus index, with the fake LLM."""
+    home = tmp_path_factory.mktemp("ui")
+    shutil.copytree(corpus_index, home / "index")
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "OPENAI_"))},
+        "RAG_INDEX_DIR": str(home / "index"),
+        "OPENAI_API_KEY": KEY,
+        "OPENAI_BASE_URL": llm_server.base_url,
+        "RAG_LLM_MODEL": "fake-model",
+        "RAG_LLM_MAX_RETRIES": "0",
+        "HF_HUB_OFFLINE": "1",
+    }
+    log = (home / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rag", "serve", "--port", str(port)],
+        env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url, proc)
+        yield url, proc, home / "server.log"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs /usr/bin/chromium (apt-get install chromium; .ci/run does it)")
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as play:
+        chromium = play.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def ask_in_page(page: Any, question: str) -> None:
+    box = page.locator("#question textarea")
+    box.fill(question)
+    box.press("Enter")
+
+
+def test_chat_in_a_real_browser_streams_cites_and_follows_up(
+    served: tuple[str, subprocess.Popen[str], Path], browser: Any, llm_server: FakeLLM,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    url, _, log = served
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    page.locator("#question textarea").wait_for(timeout=60_000)
+
+    llm_server.chunk_delay = 0.15  # slow enough to watch the tokens arrive
+    ask_in_page(page, "How does L-Mul replace floating point multiplication?")
+    chat, sources = page.locator("#chat"), page.locator("#sources")
+    chat.get_by_text("L-Mul approximates", exact=False).wait_for(timeout=60_000)
+    # Streaming: the first words are on the page while the answer is still being written.
+    assert "integer additions" not in chat.inner_text()
+    llm_server.chunk_delay = 0.0
+    sources.get_by_text(LMUL).wait_for(timeout=60_000)
+    panel = sources.inner_text()
+    assert "Also retrieved" in panel and "Hugging Face Papers" in panel
+    assert page.locator("#sources a[href*='huggingface.co/papers?q=']").count() >= 1
+    assert page.locator("#sources a[href*='arxiv.org/search']").count() >= 1
+
+    ask_in_page(page, "what about its limitations?")
+    page.wait_for_function(
+        "() => document.querySelector('#chat').innerText.split('L-Mul approximates').length > 2",
+        timeout=60_000,
+    )
+    sources.get_by_text(LMUL).wait_for(timeout=60_000)
+    condense = [
+        r
+        for r in llm_server.chat_requests()
+        if "Rewrite the user's last message" in r["body"]["messages"][-1]["content"]
+    ]
+    assert condense, "the follow-up was not condensed with the history"
+    assert "User: How does L-Mul replace" in condense[-1]["body"]["messages"][-1]["content"]
+    answers = [r for r in llm_server.chat_requests() if r["body"].get("stream")]
+    assert "limitations of the L-Mul" in answers[-1]["body"]["messages"][-1]["content"]
+
+    page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+    assert (tmp_path / "chat.png").stat().st_size > 10_000
+    assert KEY not in page.content() and KEY not in log.read_text()
+    page.close()
+
+
+def test_llm_errors_show_in_the_chat_and_the_next_question_works(
+    served: tuple[str, subprocess.Popen[str], Path], browser: Any, llm_server: FakeLLM
+) -> None:
+    url, proc, log = served
+    page = browser.new_page()
+    page.goto(url)
+    page.locator("#question textarea").wait_for(timeout=60_000)
+    llm_server.reply(Fault(500))
+    ask_in_page(page, "Which optimizer was discovered by symbolic program search?")
+    page.locator("#chat").get_by_text("HTTP 500", exact=False).wait_for(timeout=60_000)
+    assert proc.poll() is None  # still serving
+    ask_in_page(page, "Which optimizer was discovered by symbolic program search?")
+    page.locator("#sources").get_by_text(LION).wait_for(timeout=60_000)
+    assert KEY not in page.content() and KEY not in log.read_text()
+    page.close()
+
+
+def test_eight_concurrent_chats_through_the_api(
+    served: tuple[str, subprocess.Popen[str], Path],
+) -> None:
+    from gradio_client import Client
+
+    url, _, _ = served
+    questions = [
+        "How does L-Mul replace floating point multiplication?",
+        "Which optimizer was discovered by symbolic program search?",
+    ] * 4
+
+    def one(question: str) -> str:
+        return Client(url, verbose=False, analytics_enabled=False).predict(
+            question, api_name="/chat"
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(one, questions))
+    assert len(replies) == 8
+    for question, reply in zip(questions, replies, strict=True):
+        title = LMUL if "L-Mul" in question else LION
+        assert "\nSources:\n" in reply and title in reply, reply
+
+    # The history argument is optional, and a given history makes a follow-up work.
+    history = [
+        {"role": "user", "content": questions[0]},
+        {"role": "assistant", "content": "L-Mul approximates multiplication [1]."},
+    ]
+    reply = Client(url, verbose=False, analytics_enabled=False).predict(
+        "what about its limitations?", history, api_name="/chat"
+    )
+    assert LMUL in reply
+
+
+def test_no_llm_banner_extractive_answers_and_login(
+    corpus_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from gradio_client import Client
+
+    from ui.app import NO_LLM_BANNER, launch
+
+    settings = corpus_settings.model_copy(update={"ui_auth": None})
+    port = free_port()
+    app = launch(settings, port=port, block=False)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        config = json.loads(urllib.request.urlopen(f"{url}/config", timeout=10).read())
+        assert NO_LLM_BANNER in json.dumps(config)
+        reply = Client(url, verbose=False, analytics_enabled=False).predict(
+            "How does L-Mul replace floating point multiplication?", api_name="/chat"
+        )
+        assert LMUL in reply and "Sources:" in reply
+    finally:
+        app.close()
+
+    from pydantic import SecretStr
+
+    locked = corpus_settings.model_copy(update={"ui_auth": SecretStr("ada:lovelace")})
+    port = free_port()
+    app = launch(locked, port=port, block=False)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(f"{url}/config", timeout=10)
+        assert denied.value.code == 401
+        client = Client(url, auth=("ada", "lovelace"), verbose=False, analytics_enabled=False)
+        assert LMUL in client.predict("How does L-Mul work?", api_name="/chat")
+    finally:
+        app.close()

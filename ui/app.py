@@ -1,0 +1,294 @@
+"""The Gradio chat front-end: a thin shell over `rag.api.chat`.
+
+Answers stream token by token; the Sources panel lists the cited papers (title, the sentence
+that supports the answer, listing dates, links) and, apart, the papers retrieved but not cited.
+The same chat is the API endpoint `/chat` for scripts (`gradio_client`).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote_plus
+
+# No analytics, version checks or hub telemetry: the app must run offline and leak nothing.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr
+
+from rag import api
+from rag.conversation import Turn
+from rag.errors import RagError
+
+if TYPE_CHECKING:
+    from rag.answer import Answer, Source
+    from rag.embed import Embedder
+    from rag.retrieve import Retriever
+    from rag.settings import Settings
+
+TITLE = "Literature assistant"
+EXAMPLES = [
+    "How does L-Mul replace floating point multiplication, and how accurate is it?",
+    "Which papers study the Lion optimizer, and what do they find?",
+    "Which datasets or benchmarks exist for medical image segmentation?",
+    "What does SINDy-RL combine, and what does it gain?",
+]
+NO_LLM_BANNER = (
+    "**Extractive mode**: no language model is configured, so answers quote the most relevant "
+    "sentences of the abstracts. For written answers set `OPENAI_API_KEY` (and "
+    "`OPENAI_BASE_URL` for Ollama, vLLM or llama.cpp) and `RAG_LLM_MODEL`, then restart."
+)
+EMPTY_SOURCES = "### Sources\nAsk a question: the papers behind the answer appear here."
+MODES = ("LLM", "Extractive")
+
+
+def hf_link(title: str) -> str:
+    return f"https://huggingface.co/papers?q={quote_plus(title)}"
+
+
+def arxiv_link(title: str) -> str:
+    return f"https://arxiv.org/search/?query={quote_plus(title)}&searchtype=title"
+
+
+def _md(text: str) -> str:
+    """Text shown as Markdown without acting as Markdown or HTML."""
+    for char in "\\`*_[]<>#|":
+        text = text.replace(char, f"\\{char}")
+    return " ".join(text.split())
+
+
+def render_sources(answer: Answer) -> str:
+    """The Sources panel: cited papers with their supporting sentence, then the others."""
+    lines = ["### Sources"]
+    if not answer.citations:
+        lines.append(
+            "No retrieved paper supports an answer." if answer.refused else "No citations."
+        )
+    for source in answer.citations:
+        lines += _source_block(source)
+    cited = {s.n for s in answer.citations}
+    others = [s for s in answer.sources if s.n not in cited]
+    if others:
+        lines += ["", "### Also retrieved"]
+        lines += [
+            f"- [{s.n}] {_md(s.title)} · [HF]({hf_link(s.title)}) · [arXiv]({arxiv_link(s.title)})"
+            for s in others
+        ]
+    if answer.dropped_citations:
+        numbers = ", ".join(f"[{n}]" for n in answer.dropped_citations)
+        lines += ["", f"_Dropped citations that name no source: {numbers}_"]
+    return "\n".join(lines)
+
+
+def _source_block(source: Source) -> list[str]:
+    when = f" · listed {', '.join(source.dates)}" if source.dates else ""
+    snippet = source.quote or source.snippet[:300]
+    return [
+        "",
+        f"**[{source.n}] {_md(source.title)}**{when}",
+        "",
+        f"> {_md(snippet)}",
+        "",
+        f"[Hugging Face Papers]({hf_link(source.title)}) · [arXiv]({arxiv_link(source.title)})",
+    ]
+
+
+def answer_text(answer: Answer) -> str:
+    text = answer.answer
+    if answer.mode == "extractive" and not answer.refused:
+        text = f"_Extractive answer (quoted from the abstracts):_\n\n{text}"
+    return text
+
+
+def api_text(answer: Answer) -> str:
+    """What `/chat` returns: the answer, then its cited sources by number and title."""
+    lines = [answer.answer]
+    if answer.citations:
+        lines += ["", "Sources:"] + [f"[{s.n}] {s.title}" for s in answer.citations]
+    return "\n".join(lines)
+
+
+def _content_text(content: Any) -> str:
+    """Chat message content as text (Gradio 6 gives a list of parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def turns_from_messages(history: Sequence[dict[str, Any]] | None) -> list[Turn]:
+    """Turns from a messages-format history (user, assistant, user, ...), for `/chat` callers."""
+    turns: list[Turn] = []
+    pending: str | None = None
+    for message in history or []:
+        if not isinstance(message, dict):
+            continue
+        text = _content_text(message.get("content"))
+        if message.get("role") == "user":
+            pending = text
+        elif message.get("role") == "assistant" and pending is not None:
+            turns.append(Turn(pending, text))
+            pending = None
+    return turns
+
+
+class ChatService:
+    """Shared by every session: the embedder and one retriever per mode, built once."""
+
+    def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
+        from rag.embed import get_embedder
+
+        self.settings = settings
+        self.embedder = embedder or get_embedder(settings)
+        self._retrievers: dict[str, Retriever] = {}
+        self._lock = threading.Lock()
+
+    def retriever(self, mode: str) -> Retriever:
+        from rag.retrieve import get_retriever
+
+        with self._lock:
+            if mode not in self._retrievers:
+                self._retrievers[mode] = get_retriever(self.settings, self.embedder, mode)
+            return self._retrievers[mode]
+
+    def options(self, k: int, mode: str, answer_mode: str, model: str) -> tuple[Settings, bool]:
+        """Settings for one request and whether to answer without the LLM."""
+        update: dict[str, Any] = {"top_k": int(k), "retriever": mode}
+        if model.strip():
+            update["llm_model"] = model.strip()
+        settings = self.settings.model_copy(update=update)
+        return settings, answer_mode != "LLM" or not settings.llm_configured
+
+    def ask(
+        self,
+        message: str,
+        turns: Sequence[Turn],
+        settings: Settings,
+        no_llm: bool,
+        on_token: Any = None,
+    ) -> tuple[Answer, Turn]:
+        return api.chat(
+            message, turns, settings, settings.top_k, no_llm=no_llm,
+            retriever=self.retriever(settings.retriever), embedder=self.embedder,
+            on_token=on_token,
+        )  # fmt: skip
+
+    def stream(
+        self, message: str, turns: Sequence[Turn], settings: Settings, no_llm: bool
+    ) -> Iterator[str | tuple[Answer, Turn] | RagError]:
+        """Tokens as they arrive, then the (answer, turn) pair, or the error that ended it."""
+        tokens: queue.Queue[Any] = queue.Queue()
+        done = object()
+
+        def work() -> None:
+            try:
+                tokens.put(self.ask(message, turns, settings, no_llm, tokens.put))
+            except RagError as exc:
+                tokens.put(exc)
+            finally:
+                tokens.put(done)
+
+        threading.Thread(target=work, daemon=True).start()
+        while (item := tokens.get()) is not done:
+            yield item
+
+
+def build_app(settings: Settings, service: ChatService | None = None) -> gr.Blocks:
+    service = service or ChatService(settings)
+    llm_ready = settings.llm_configured
+
+    def respond(
+        message: str, chat: list[dict[str, Any]], turns: list[Turn], k: float, mode: str,
+        answer_mode: str, model: str,
+    ) -> Iterator[tuple[Any, ...]]:  # fmt: skip
+        chat = list(chat or [])
+        if not (message or "").strip():
+            yield chat, gr.skip(), "", turns
+            return
+        request, no_llm = service.options(int(k), mode, answer_mode, model or "")
+        chat += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+        yield chat, "### Sources\n_Searching the collection…_", "", turns
+        streamed = ""
+        for item in service.stream(message, turns, request, no_llm):
+            if isinstance(item, str):
+                streamed += item
+                chat[-1] = {"role": "assistant", "content": streamed}
+                yield chat, gr.skip(), "", turns
+            elif isinstance(item, RagError):
+                note = "\n\n_(answer interrupted)_" if streamed else ""
+                chat[-1] = {"role": "assistant", "content": f"{streamed}{note}\n\n⚠️ {item}"}
+                yield chat, "### Sources\n_No answer: see the message in the chat._", "", turns
+            else:
+                answer, turn = item
+                chat[-1] = {"role": "assistant", "content": answer_text(answer)}
+                yield chat, render_sources(answer), "", [*turns, turn]
+
+    def chat_api(message: str, history: list | None = None) -> str:
+        """Answer `message` (with an optional messages-format history); the answer text, then
+        its cited sources by number and title."""
+        answer, _ = service.ask(message, turns_from_messages(history), settings,
+                                no_llm=not settings.llm_configured)  # fmt: skip
+        return api_text(answer)
+
+    with gr.Blocks(title=TITLE) as app:
+        gr.Markdown(f"# {TITLE}\nCited answers over the paper abstracts in the collection.")
+        if not llm_ready:
+            gr.Markdown(NO_LLM_BANNER, elem_id="no-llm-banner")
+        turns = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(
+                    label="Chat", height=480, buttons=["copy", "copy_all"], elem_id="chat",
+                    placeholder="Ask about the papers in the collection.",
+                )  # fmt: skip
+                box = gr.Textbox(
+                    placeholder="Ask a question and press Enter", show_label=False,
+                    elem_id="question", autofocus=True,
+                )  # fmt: skip
+                with gr.Row():
+                    send = gr.Button("Send", variant="primary", elem_id="send")
+                    clear = gr.ClearButton([chatbot, box, turns], value="Clear chat")
+                gr.Examples(EXAMPLES, inputs=box, label="Example questions")
+            with gr.Column(scale=2):
+                sources = gr.Markdown(EMPTY_SOURCES, elem_id="sources")
+                with gr.Accordion("Options", open=False):
+                    k = gr.Slider(1, 10, value=settings.top_k, step=1, label="Number of sources")
+                    mode = gr.Radio(["hybrid", "dense", "bm25"], value=settings.retriever,
+                                    label="Retriever")  # fmt: skip
+                    answer_mode = gr.Radio(
+                        list(MODES), value="LLM" if llm_ready else "Extractive",
+                        label="Answer mode", interactive=llm_ready,
+                    )  # fmt: skip
+                    model = gr.Textbox(value=settings.llm_model, label="Model name",
+                                       interactive=llm_ready)  # fmt: skip
+        inputs = [box, chatbot, turns, k, mode, answer_mode, model]
+        outputs = [chatbot, sources, box, turns]
+        box.submit(respond, inputs, outputs, api_visibility="private")
+        send.click(respond, inputs, outputs, api_visibility="private")
+        clear.click(lambda: EMPTY_SOURCES, None, sources, api_visibility="private")
+        gr.api(chat_api, api_name="chat")
+    return app
+
+
+def launch(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    block: bool = True,
+    service: ChatService | None = None,
+) -> gr.Blocks:
+    """Serve the app on `host:port` (never a public share link); login when RAG_UI_AUTH is set."""
+    app = build_app(settings, service)
+    app.queue(default_concurrency_limit=16, max_size=128)
+    auth = settings.ui_credentials()
+    app.launch(
+        server_name=host, server_port=port, share=False, auth=auth, prevent_thread_lock=not block,
+        show_error=False, quiet=True, ssr_mode=False, theme=gr.themes.Soft(),
+        footer_links=["api"],
+    )  # fmt: skip
+    return app
