@@ -262,3 +262,40 @@ def test_no_llm_banner_extractive_answers_and_login(
         assert LMUL in client.predict("How does L-Mul work?", api_name="/chat")
     finally:
         app.close()
+
+
+def test_first_start_builds_the_index_then_serves(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    records = [
+        {"title": "Pointer Networks", "abstract": "Pointer networks use attention as a pointer "
+         "to select positions of the input sequence as outputs, for sorting and convex hulls."},
+        {"title": "Lion Optimizer", "abstract": "A sign-based optimizer discovered by program "
+         "search uses less memory than AdamW and trains vision transformers faster."},
+    ]  # fmt: skip
+    from tests.helpers import write_jsonl
+
+    write_jsonl(corpus / "papers.jsonl", records)
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "OPENAI_"))},
+        "RAG_INDEX_DIR": str(tmp_path / "index"),
+        "RAG_CORPUS_DIR": str(corpus),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rag", "serve", "--port", str(port)], env=env, cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}", proc)
+        from gradio_client import Client
+
+        reply = Client(f"http://127.0.0.1:{port}", verbose=False, analytics_enabled=False).predict(
+            "Which optimizer uses less memory than AdamW?", api_name="/chat"
+        )
+        assert "Lion Optimizer" in reply
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "no index yet: building it from the bundled corpus" in err
+    assert (tmp_path / "index" / "chroma").is_dir()
