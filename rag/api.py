@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from rag.llm import LLM
     from rag.retrieve import PaperHit, Retriever
     from rag.settings import Settings
+    from rag.summarize import Summary
 
 log = logging.getLogger(__name__)
 
@@ -118,20 +119,10 @@ def chat(
     citations; returns the answer and the turn to append to the history."""
     from rag.answer import answer_question, clean_question
     from rag.conversation import Turn, condense, pinned_papers
-    from rag.embed import get_embedder
-    from rag.retrieve import get_retriever
 
     question = clean_question(message)
     k = k or settings.top_k
-    embedder = embedder or get_embedder(settings)
-    if retriever is None:
-        ensure_index(settings, embedder)
-        retriever = get_retriever(settings, embedder)
-    if llm is None and not no_llm and settings.llm_configured:
-        from rag.llm import LLM
-
-        llm = LLM(settings)
-    llm = None if no_llm else llm
+    retriever, embedder, llm = _collaborators(settings, no_llm, llm, retriever, embedder)
     standalone = condense(question, history, llm)
     papers = retriever.search(standalone, k)
     pins = [] if llm is not None else pinned_papers(question, history)
@@ -143,6 +134,64 @@ def chat(
     answer.question = question
     turn = Turn(question, answer.answer, standalone, [s.paper_id for s in answer.citations])
     return answer, turn
+
+
+def summarize(
+    topic: str,
+    settings: Settings,
+    max_papers: int = 8,
+    no_llm: bool = False,
+    llm: LLM | None = None,
+    retriever: Retriever | None = None,
+    embedder: Embedder | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Summary:
+    """A cited overview of what the collection says about `topic`."""
+    from rag.answer import clean_question
+    from rag.summarize import summarize_topic
+
+    topic = clean_question(topic)
+    retriever, embedder, llm = _collaborators(settings, no_llm, llm, retriever, embedder)
+    return summarize_topic(topic, settings, retriever, embedder, llm, max_papers, on_progress)
+
+
+def summarize_paper(
+    query: str,
+    settings: Settings,
+    no_llm: bool = False,
+    llm: LLM | None = None,
+    retriever: Retriever | None = None,
+    embedder: Embedder | None = None,
+) -> Summary:
+    """A cited summary of one paper, named by id or (close) title."""
+    from rag.answer import clean_question
+    from rag.summarize import summarize_paper as summarize_one
+
+    query = clean_question(query)
+    retriever, _, llm = _collaborators(settings, no_llm, llm, retriever, embedder)
+    return summarize_one(query, settings, retriever, llm)
+
+
+def _collaborators(
+    settings: Settings,
+    no_llm: bool,
+    llm: LLM | None,
+    retriever: Retriever | None,
+    embedder: Embedder | None,
+) -> tuple[Retriever, Embedder, LLM | None]:
+    """The retriever, embedder and LLM a call uses: the given ones, else the configured ones."""
+    from rag.embed import get_embedder
+    from rag.retrieve import get_retriever
+
+    embedder = embedder or get_embedder(settings)
+    if retriever is None:
+        ensure_index(settings, embedder)
+        retriever = get_retriever(settings, embedder)
+    if llm is None and not no_llm and settings.llm_configured:
+        from rag.llm import LLM
+
+        llm = LLM(settings)
+    return retriever, embedder, None if no_llm else llm
 
 
 def evaluate(

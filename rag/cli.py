@@ -290,3 +290,59 @@ def serve(host: str, port: int) -> None:
         ) from None
     click.echo(f"rag: serving on http://{host}:{port} (Ctrl+C stops)", err=True)
     launch(settings, host, port, service=ChatService(settings, embedder))
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("topic", required=False)
+@click.option("--paper", help="Summarise one paper instead, by title (a close one will do) or id.")
+@click.option(
+    "--max-papers", type=click.IntRange(1, 30), default=8, show_default=True,
+    help="Most papers an overview covers (weak matches are dropped).",
+)  # fmt: skip
+@click.option("--no-llm", is_flag=True, help="Extractive summary, without the LLM.")
+@click.option("--model", help="Chat model name (overrides RAG_LLM_MODEL).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def summarize(
+    topic: str | None,
+    paper: str | None,
+    max_papers: int,
+    no_llm: bool,
+    model: str | None,
+    as_json: bool,
+) -> None:
+    """Summarise what the collection says about TOPIC, citing every finding.
+
+    \b
+    Examples:
+      rag summarize "mixture of experts" --max-papers 6
+      rag summarize --paper "Pointer Networks"
+    """
+    from rag import api
+
+    if (topic is None) == (paper is None):
+        raise click.UsageError("give a TOPIC or --paper TITLE (one of them)")
+    settings = load_settings(llm_model=model)
+    if paper is not None:
+        summary = api.summarize_paper(paper, settings, no_llm=no_llm)
+    else:
+        bar = None
+        if sys.stderr.isatty() and not no_llm and settings.llm_configured:
+            from tqdm import tqdm
+
+            bar = tqdm(total=max_papers, desc="summarising papers", unit="paper", leave=False)
+
+        def progress(done: int, total: int) -> None:
+            if bar is not None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+        summary = api.summarize(topic or "", settings, max_papers, no_llm, on_progress=progress)
+        if bar is not None:
+            bar.close()
+    if as_json:
+        emit_json(summary.to_json())
+        return
+    click.echo(summary.summary)
+    if summary.dropped_citations:
+        numbers = ", ".join(f"[{n}]" for n in summary.dropped_citations)
+        click.echo(f"\nDropped citations (not among the papers): {numbers}", err=True)

@@ -101,6 +101,17 @@ class Settings(BaseSettings):
         default=3, ge=0, description="Retries of a failed LLM request (429, 5xx, connection)."
     )
 
+    summary_min_relevance: float = Field(
+        default=0.45,
+        description=(
+            "Summaries keep a retrieved paper only when one of its sentences reaches this cosine "
+            "similarity to the topic (and is within 0.2 of the best paper)."
+        ),
+    )
+    llm_concurrency: int = Field(
+        default=8, ge=1, le=64, description="LLM calls at once (the map step of summaries)."
+    )
+
     # --- UI ----------------------------------------------------------------------------------
     ui_auth: SecretStr | None = Field(
         default=None,

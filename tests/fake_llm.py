@@ -36,6 +36,8 @@ class FakeLLM:
         self.delay = 0.0
         self.chunk_size = 4  # characters per streamed delta
         self.chunk_delay = 0.0  # seconds between streamed deltas
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests handled at once (concurrency, not timing)
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -85,6 +87,16 @@ class FakeLLM:
                             "headers": {k.lower(): v for k, v in self.headers.items()},
                         }
                     )
+                with fake._lock:
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    self._handle(body)
+                finally:
+                    with fake._lock:
+                        fake.in_flight -= 1
+
+            def _handle(self, body: dict[str, Any]) -> None:
                 if fake.delay:
                     time.sleep(fake.delay)
                 if self.path.endswith("/embeddings"):

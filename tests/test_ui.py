@@ -60,6 +60,12 @@ def scripted_llm(body: dict[str, Any]) -> str:
     prompt = body["messages"][-1]["content"]
     if "Rewrite the user's last message" in prompt:
         return "What are the limitations of the L-Mul multiplication algorithm?"
+    if "In one or two sentences" in prompt:  # summary map step
+        return "It contributes a dataset."
+    if "Write the overview" in prompt:  # summary reduce step
+        return "**Datasets** Several papers release data [1][2]. **Open problems** Scale [1]."
+    if "Summarise this paper" in prompt:
+        return "**Problem** P [1]. **Method** M [1]. **Results** R [1]. **Limitations** L [1]."
     for title, text in (
         (LMUL, "L-Mul approximates multiplication with integer additions"),
         (LION, "Lion is a sign-based optimizer found by program search"),
@@ -171,6 +177,29 @@ def test_chat_in_a_real_browser_streams_cites_and_follows_up(
     page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
     assert (tmp_path / "chat.png").stat().st_size > 10_000
     assert KEY not in page.content() and KEY not in log.read_text()
+    page.close()
+
+
+def test_summaries_tab_topic_and_paper(
+    served: tuple[str, subprocess.Popen[str], Path], browser: Any
+) -> None:
+    url, _, _ = served
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    page.get_by_role("tab", name="Summaries").click()
+    page.locator("#topic textarea, #topic input").first.fill("medical image segmentation datasets")
+    page.locator("#summarize-topic").click()
+    summary = page.locator("#summary")
+    summary.get_by_text("References").wait_for(timeout=60_000)
+    text = summary.inner_text()
+    assert "Several papers release data [1][2]" in text and "[3]" not in text.split("References")[1]
+
+    picker = page.locator("#paper input")
+    picker.fill("Pointer Network")  # near, not exact
+    picker.press("Enter")
+    page.locator("#summarize-paper").click()
+    summary.get_by_text("Pointer Networks").wait_for(timeout=60_000)
+    assert "Problem" in summary.inner_text()
     page.close()
 
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from rag.embed import Embedder
     from rag.retrieve import Retriever
     from rag.settings import Settings
+    from rag.summarize import Summary
 
 TITLE = "Literature assistant"
 EXAMPLES = [
@@ -95,6 +96,14 @@ def _source_block(source: Source) -> list[str]:
         "",
         f"[Hugging Face Papers]({hf_link(source.title)}) · [arXiv]({arxiv_link(source.title)})",
     ]
+
+
+def render_summary(summary: Summary) -> str:
+    text = summary.summary
+    if summary.dropped_citations:
+        numbers = ", ".join(f"[{n}]" for n in summary.dropped_citations)
+        text += f"\n\n_Dropped citations that name no paper: {numbers}_"
+    return text
 
 
 def answer_text(answer: Answer) -> str:
@@ -182,20 +191,48 @@ class ChatService:
         self, message: str, turns: Sequence[Turn], settings: Settings, no_llm: bool
     ) -> Iterator[str | tuple[Answer, Turn] | RagError]:
         """Tokens as they arrive, then the (answer, turn) pair, or the error that ended it."""
-        tokens: queue.Queue[Any] = queue.Queue()
-        done = object()
+        return in_background(lambda emit: self.ask(message, turns, settings, no_llm, emit))
 
-        def work() -> None:
-            try:
-                tokens.put(self.ask(message, turns, settings, no_llm, tokens.put))
-            except RagError as exc:
-                tokens.put(exc)
-            finally:
-                tokens.put(done)
+    def summarize(self, topic: str, max_papers: int, no_llm: bool) -> Iterator[Any]:
+        """(done, total) progress pairs as map calls finish, then the summary (or the error)."""
+        return in_background(lambda emit: api.summarize(
+            topic, self.settings, max_papers, no_llm,
+            retriever=self.retriever(self.settings.retriever), embedder=self.embedder,
+            on_progress=lambda done, total: emit((done, total)),
+        ))  # fmt: skip
 
-        threading.Thread(target=work, daemon=True).start()
-        while (item := tokens.get()) is not done:
-            yield item
+    def summarize_paper(self, query: str, no_llm: bool) -> Any:
+        return api.summarize_paper(
+            query, self.settings, no_llm, retriever=self.retriever(self.settings.retriever),
+            embedder=self.embedder,
+        )  # fmt: skip
+
+    def titles(self, limit: int = 5000) -> list[str]:
+        """Paper titles for the picker (none for a very large collection: type instead)."""
+        from rag.index import Store
+
+        store = Store(self.settings, self.embedder.name)
+        if not store.exists() or store.count() > 4 * limit:
+            return []
+        return sorted({c.metadata["title"] for c in store.all_chunks()})[:limit]
+
+
+def in_background(work: Any) -> Iterator[Any]:
+    """Run `work(emit)` in a thread; yield what it emits, then its result or its `RagError`."""
+    items: queue.Queue[Any] = queue.Queue()
+    done = object()
+
+    def run() -> None:
+        try:
+            items.put(work(items.put))
+        except RagError as exc:
+            items.put(exc)
+        finally:
+            items.put(done)
+
+    threading.Thread(target=run, daemon=True).start()
+    while (item := items.get()) is not done:
+        yield item
 
 
 def build_app(settings: Settings, service: ChatService | None = None) -> gr.Blocks:
@@ -228,6 +265,30 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
                 chat[-1] = {"role": "assistant", "content": answer_text(answer)}
                 yield chat, render_sources(answer), "", [*turns, turn]
 
+    def summarize_topic(topic: str, max_papers: float, answer_mode: str) -> Iterator[str]:
+        if not (topic or "").strip():
+            yield "Type a topic first."
+            return
+        no_llm = answer_mode != "LLM" or not llm_ready
+        yield "_Selecting the papers on this topic…_"
+        for item in service.summarize(topic, int(max_papers), no_llm):
+            if isinstance(item, tuple):
+                yield f"_Summarising the papers: {item[0]} of {item[1]} done…_"
+            elif isinstance(item, RagError):
+                yield f"⚠️ {item}"
+            else:
+                yield render_summary(item)
+
+    def summarize_one(title: str, answer_mode: str) -> str:
+        if not (title or "").strip():
+            return "Pick or type a paper title first."
+        try:
+            return render_summary(
+                service.summarize_paper(title, answer_mode != "LLM" or not llm_ready)
+            )
+        except RagError as exc:
+            return f"⚠️ {exc}"
+
     def chat_api(message: str, history: list | None = None) -> str:
         """Answer `message` (with an optional messages-format history); the answer text, then
         its cited sources by number and title."""
@@ -240,37 +301,63 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
         if not llm_ready:
             gr.Markdown(NO_LLM_BANNER, elem_id="no-llm-banner")
         turns = gr.State([])
-        with gr.Row():
-            with gr.Column(scale=3):
-                chatbot = gr.Chatbot(
-                    label="Chat", height=480, buttons=["copy", "copy_all"], elem_id="chat",
-                    placeholder="Ask about the papers in the collection.",
-                )  # fmt: skip
-                box = gr.Textbox(
-                    placeholder="Ask a question and press Enter", show_label=False,
-                    elem_id="question", autofocus=True,
-                )  # fmt: skip
+        with gr.Tabs():
+            with gr.Tab("Chat"):
                 with gr.Row():
-                    send = gr.Button("Send", variant="primary", elem_id="send")
-                    clear = gr.ClearButton([chatbot, box, turns], value="Clear chat")
-                gr.Examples(EXAMPLES, inputs=box, label="Example questions")
-            with gr.Column(scale=2):
-                sources = gr.Markdown(EMPTY_SOURCES, elem_id="sources")
-                with gr.Accordion("Options", open=False):
-                    k = gr.Slider(1, 10, value=settings.top_k, step=1, label="Number of sources")
-                    mode = gr.Radio(["hybrid", "dense", "bm25"], value=settings.retriever,
-                                    label="Retriever")  # fmt: skip
-                    answer_mode = gr.Radio(
-                        list(MODES), value="LLM" if llm_ready else "Extractive",
-                        label="Answer mode", interactive=llm_ready,
-                    )  # fmt: skip
-                    model = gr.Textbox(value=settings.llm_model, label="Model name",
-                                       interactive=llm_ready)  # fmt: skip
+                    with gr.Column(scale=3):
+                        chatbot = gr.Chatbot(
+                            label="Chat", height=480, buttons=["copy", "copy_all"],
+                            elem_id="chat", placeholder="Ask about the papers in the collection.",
+                        )  # fmt: skip
+                        box = gr.Textbox(
+                            placeholder="Ask a question and press Enter", show_label=False,
+                            elem_id="question", autofocus=True,
+                        )  # fmt: skip
+                        with gr.Row():
+                            send = gr.Button("Send", variant="primary", elem_id="send")
+                            clear = gr.ClearButton([chatbot, box, turns], value="Clear chat")
+                        gr.Examples(EXAMPLES, inputs=box, label="Example questions")
+                    with gr.Column(scale=2):
+                        sources = gr.Markdown(EMPTY_SOURCES, elem_id="sources")
+                        with gr.Accordion("Options", open=False):
+                            k = gr.Slider(1, 10, value=settings.top_k, step=1,
+                                          label="Number of sources")  # fmt: skip
+                            mode = gr.Radio(["hybrid", "dense", "bm25"], value=settings.retriever,
+                                            label="Retriever")  # fmt: skip
+                            answer_mode = gr.Radio(
+                                list(MODES), value="LLM" if llm_ready else "Extractive",
+                                label="Answer mode", interactive=llm_ready,
+                            )  # fmt: skip
+                            model = gr.Textbox(value=settings.llm_model, label="Model name",
+                                               interactive=llm_ready)  # fmt: skip
+            with gr.Tab("Summaries"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        topic = gr.Textbox(
+                            label="Topic",
+                            elem_id="topic",
+                            placeholder="e.g. medical image segmentation datasets",
+                        )
+                        max_papers = gr.Slider(2, 20, value=8, step=1, label="Most papers")
+                        topic_button = gr.Button("Summarise the topic", variant="primary",
+                                                 elem_id="summarize-topic")  # fmt: skip
+                        picker = gr.Dropdown(
+                            service.titles(), label="Or one paper", allow_custom_value=True,
+                            filterable=True, elem_id="paper",
+                        )  # fmt: skip
+                        paper_button = gr.Button("Summarise the paper", elem_id="summarize-paper")
+                    with gr.Column(scale=3):
+                        summary = gr.Markdown("", elem_id="summary")
         inputs = [box, chatbot, turns, k, mode, answer_mode, model]
         outputs = [chatbot, sources, box, turns]
         box.submit(respond, inputs, outputs, api_visibility="private")
         send.click(respond, inputs, outputs, api_visibility="private")
         clear.click(lambda: EMPTY_SOURCES, None, sources, api_visibility="private")
+        topic_button.click(summarize_topic, [topic, max_papers, answer_mode], summary,
+                           api_visibility="private")  # fmt: skip
+        topic.submit(summarize_topic, [topic, max_papers, answer_mode], summary,
+                     api_visibility="private")  # fmt: skip
+        paper_button.click(summarize_one, [picker, answer_mode], summary, api_visibility="private")
         gr.api(chat_api, api_name="chat")
     return app
 
