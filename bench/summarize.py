@@ -31,6 +31,7 @@ def main() -> None:
     base = Settings()
     embedder = get_embedder(base)
     retriever = get_retriever(base, embedder)
+    api.summarize(TOPIC, base, 8, no_llm=True, retriever=retriever, embedder=embedder)  # warm-up
     print(f"| LLM calls at once | papers | LLM calls | wall time (delay {delay:g} s per call) |")
     print("|---|---|---|---|")
     for concurrency in (1, 8):
