@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rag import prompts
-from rag.errors import InputError
+from rag.errors import InputError, LLMInterrupted
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
@@ -71,6 +71,8 @@ class Answer:
     sources: list[Source]
     dropped_citations: list[int] = field(default_factory=list)
     note: str | None = None
+    interrupted: str | None = None
+    """Why the answer stopped early (the LLM stream broke off), else None."""
 
     @property
     def refused(self) -> bool:
@@ -97,6 +99,7 @@ class Answer:
             ],
             "dropped_citations": self.dropped_citations,
             "note": self.note,
+            "interrupted": self.interrupted,
         }
 
 
@@ -172,18 +175,25 @@ def llm_answer(
 ) -> Answer:
     """The LLM's answer over `sources`, streamed through `on_token` when given."""
     messages = build_messages(question, sources)
+    interrupted = None
     if on_token is None:
         raw = llm.complete(messages)
     else:
-        parts = []
-        for delta in llm.stream(messages):
-            parts.append(delta)
-            on_token(delta)
+        parts: list[str] = []
+        try:
+            for delta in llm.stream(messages):
+                parts.append(delta)
+                on_token(delta)
+        except LLMInterrupted as exc:
+            # Keep what was shown, marked as cut short; the caller decides how loud to be.
+            interrupted = str(exc)
         raw = "".join(parts)
     text, cited, dropped = resolve_citations(raw, sources)
-    if is_refusal(text) or not text:
+    if not interrupted and (is_refusal(text) or not text):
         return Answer(question, f"{NOT_COVERED}.", "llm", [], sources, dropped)
-    return Answer(question, text, "llm", cited, sources, dropped)
+    if interrupted:
+        text = f"{text}\n\n[{interrupted}]"
+    return Answer(question, text, "llm", cited, sources, dropped, interrupted=interrupted)
 
 
 def split_sentences(text: str) -> list[str]:

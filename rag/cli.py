@@ -171,6 +171,8 @@ def ask(question: str, k: int | None, no_llm: bool, model: str | None, as_json: 
         emit_json(answer.to_json())
     else:
         print_answer(answer, streamed=bool(streamed))
+    if answer.interrupted:
+        fail(answer.interrupted, 1)  # what was shown is incomplete: say so, and exit non-zero
 
 
 def print_answer(answer: Answer, streamed: bool) -> None:

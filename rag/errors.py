@@ -21,3 +21,18 @@ class IndexMismatchError(RagError):
 
 class LLMError(RagError):
     """The LLM endpoint failed after retries, or answered with something unusable."""
+
+    def __init__(
+        self, message: str, retryable: bool = False, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class LLMInterrupted(LLMError):
+    """The answer stream broke off after some of it was shown; `partial` holds that part."""
+
+    def __init__(self, message: str, partial: str) -> None:
+        super().__init__(message)
+        self.partial = partial

@@ -8,30 +8,37 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from rag.errors import LLMError
+from rag.errors import LLMError, LLMInterrupted
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
 PLACEHOLDER_KEY = "not-needed"  # local servers (Ollama, llama.cpp) accept any key
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+BACKOFF_BASE = 0.5  # seconds before the first retry; doubles each time
+BACKOFF_CAP = 8.0
+T = TypeVar("T")
 
 
 def _client(settings: Settings) -> Any:
     from openai import OpenAI
 
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+    # Retries are ours (`with_retries`): bounded by one deadline for the whole call.
     return OpenAI(
         api_key=key or PLACEHOLDER_KEY,
         base_url=settings.openai_base_url,
         timeout=settings.llm_timeout,
-        max_retries=settings.llm_max_retries,
+        max_retries=0,
     )
 
 
@@ -41,46 +48,48 @@ def redact(text: str, settings: Settings) -> str:
     return text.replace(key, "***") if len(key) >= 4 else text
 
 
+def _retry_after(exc: Any) -> float | None:
+    """Seconds the server asked us to wait (Retry-After), if it said."""
+    response = getattr(exc, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
 @contextlib.contextmanager
 def _errors(settings: Settings, what: str) -> Iterator[None]:
-    """Turn the openai package's exceptions into one readable, key-free `LLMError`."""
+    """Turn the openai package's (and httpx's) exceptions into one readable, key-free
+    `LLMError`, marked retryable for time-outs, connection failures, 429, 5xx and bad replies."""
+    import httpx
     import openai
 
     where = settings.openai_base_url or "the OpenAI API"
-    retries = f"after {settings.llm_max_retries} retries"
     try:
         yield
     except openai.APITimeoutError:
-        raise LLMError(
-            f"{what} timed out ({settings.llm_timeout:g}s, {retries}) at {where}"
-        ) from None
-    except openai.APIConnectionError:
-        raise LLMError(
-            f"cannot reach {where} for {what} ({retries}); is the server running?"
-        ) from None
+        raise LLMError(f"{what} timed out at {where}", retryable=True) from None
+    except (openai.APIConnectionError, httpx.TransportError):
+        raise LLMError(f"cannot reach {where} for {what}; is the server running?", True) from None
     except openai.AuthenticationError:
         raise LLMError(f"{where} rejected the API key (HTTP 401); check OPENAI_API_KEY") from None
     except openai.NotFoundError as exc:
+        raise LLMError(redact(
+            f"{where} answered 404 for {what}: {_detail(exc)}; check RAG_LLM_MODEL", settings
+        )) from None  # fmt: skip
+    except openai.RateLimitError as exc:
         raise LLMError(
-            redact(
-                f"{where} answered 404 for {what}: {_detail(exc)}; check RAG_LLM_MODEL", settings
-            )
-        ) from None
-    except openai.RateLimitError:
-        raise LLMError(
-            f"{where} is rate limiting {what} (HTTP 429, {retries}); try later"
+            f"{where} is rate limiting {what} (HTTP 429)", True, _retry_after(exc)
         ) from None
     except openai.APIStatusError as exc:
-        raise LLMError(
-            redact(
-                f"{where} failed {what} (HTTP {exc.status_code}, {retries}): {_detail(exc)}",
-                settings,
-            )
-        ) from None
+        retryable = exc.status_code in RETRYABLE_STATUS
+        raise LLMError(redact(
+            f"{where} failed {what} (HTTP {exc.status_code}): {_detail(exc)}", settings
+        ), retryable, _retry_after(exc)) from None  # fmt: skip
     except (openai.APIError, ValueError) as exc:
-        raise LLMError(
-            redact(f"{where} sent an unusable reply to {what}: {exc}", settings)
-        ) from None
+        message = redact(f"{where} sent an unusable reply to {what}: {exc}", settings)
+        raise LLMError(message[:300], retryable=True) from None
 
 
 def _detail(exc: Any) -> str:
@@ -92,8 +101,42 @@ def _detail(exc: Any) -> str:
     return str(getattr(exc, "message", exc))[:200]
 
 
+def with_retries(settings: Settings, what: str, attempt: Callable[[float], T]) -> T:
+    """`attempt(seconds_left)` until it succeeds, retrying retryable failures with exponential
+    back-off and jitter (or the server's Retry-After), at most `llm_max_retries` times and
+    never past the `llm_timeout` deadline; then one readable `LLMError`."""
+    deadline = time.monotonic() + settings.llm_timeout
+    tries = settings.llm_max_retries + 1
+    for number in range(1, tries + 1):
+        left = deadline - time.monotonic()
+        try:
+            with _errors(settings, what):
+                return attempt(left)
+        except LLMError as exc:
+            if not exc.retryable or number == tries:
+                raise _final(exc, number, settings) from None
+            wait = exc.retry_after
+            if wait is None:
+                wait = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (number - 1))
+                wait *= 1 + random.random() / 2  # jitter: clients that failed together spread out
+            if time.monotonic() + wait >= deadline:
+                raise _final(exc, number, settings, out_of_time=True) from None
+            log.info("%s; retrying in %.1f s (attempt %d of %d)", exc, wait, number + 1, tries)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _final(exc: LLMError, attempts: int, settings: Settings, out_of_time: bool = False) -> LLMError:
+    if not exc.retryable:
+        return exc
+    why = f"the {settings.llm_timeout:g} s time-out (RAG_LLM_TIMEOUT) ran out" if out_of_time else (
+        "no retries left (RAG_LLM_MAX_RETRIES)")  # fmt: skip
+    plural = "s" if attempts > 1 else ""
+    return LLMError(f"{exc} (gave up after {attempts} attempt{plural}: {why})")
+
+
 class LLM:
-    """Chat completions, streamed or not, with the client's retries and time-outs."""
+    """Chat completions, streamed or not, with bounded retries under one deadline."""
 
     def __init__(self, settings: Settings, model: str | None = None) -> None:
         self.settings = settings
@@ -103,30 +146,68 @@ class LLM:
     def client(self) -> Any:
         return _client(self.settings)
 
+    def _create(self, messages: Sequence[Message], timeout: float, stream: bool) -> Any:
+        return self.client.chat.completions.create(
+            model=self.model,
+            messages=list(messages),
+            temperature=self.settings.llm_temperature,
+            stream=stream,
+            timeout=max(timeout, 0.1),
+        )
+
     def stream(self, messages: Sequence[Message]) -> Iterator[str]:
-        """Text deltas of the reply as they arrive."""
-        with _errors(self.settings, "the answer"):
-            response = self.client.chat.completions.create(
-                model=self.model,
-                messages=list(messages),
-                temperature=self.settings.llm_temperature,
-                stream=True,
+        """Text deltas of the reply as they arrive.
+
+        Failures before the first token are retried like any request. A stream that breaks
+        off (or ends without a finish) after tokens were shown raises `LLMInterrupted`, so a
+        truncated answer is never passed off as complete.
+        """
+
+        def first(timeout: float) -> tuple[Any, Any, list[str], bool]:
+            events = iter(self._create(messages, timeout, stream=True))
+            for event in events:
+                text, finished = _delta(event)
+                if text or finished:
+                    return events, event, [text] if text else [], finished
+            raise ValueError("the stream ended without an answer")
+
+        events, _, head, finished = with_retries(self.settings, "the answer", lambda t: first(t))
+        shown = "".join(head)
+        yield from head
+        try:
+            with _errors(self.settings, "the answer"):
+                for event in [] if finished else events:
+                    text, finished = _delta(event)
+                    if text:
+                        shown += text
+                        yield text
+                    if finished:
+                        break
+        except LLMError as exc:
+            raise LLMInterrupted(f"answer interrupted: {exc}", shown) from None
+        if not finished:
+            raise LLMInterrupted(
+                "answer interrupted: the stream ended before the answer did", shown
             )
-            for event in response:
-                if event.choices and event.choices[0].delta.content:
-                    yield event.choices[0].delta.content
 
     def complete(self, messages: Sequence[Message]) -> str:
         """The whole reply."""
-        with _errors(self.settings, "the answer"):
-            response = self.client.chat.completions.create(
-                model=self.model,
-                messages=list(messages),
-                temperature=self.settings.llm_temperature,
-            )
-            if not response.choices:
-                raise LLMError("the LLM returned no choices")
+
+        def once(timeout: float) -> str:
+            response = self._create(messages, timeout, stream=False)
+            if not getattr(response, "choices", None):
+                raise ValueError("the reply holds no choices")
             return response.choices[0].message.content or ""
+
+        return with_retries(self.settings, "the answer", once)
+
+
+def _delta(event: Any) -> tuple[str, bool]:
+    """(text, finished) of one stream event."""
+    if not getattr(event, "choices", None):
+        return "", False
+    choice = event.choices[0]
+    return (choice.delta.content or "") if choice.delta else "", bool(choice.finish_reason)
 
 
 class OpenAIEmbedder:
@@ -150,11 +231,16 @@ class OpenAIEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         rows: list[list[float]] = []
-        with _errors(self.settings, "embeddings"):
-            for start in range(0, len(texts), self.batch):
-                part = list(texts[start : start + self.batch])
-                response = self.client.embeddings.create(model=self.model, input=part)
-                rows.extend(item.embedding for item in sorted(response.data, key=lambda d: d.index))
+        for start in range(0, len(texts), self.batch):
+            part = list(texts[start : start + self.batch])
+
+            def once(timeout: float, part: list[str] = part) -> Any:
+                return self.client.embeddings.create(
+                    model=self.model, input=part, timeout=max(timeout, 0.1)
+                )
+
+            response = with_retries(self.settings, "embeddings", once)
+            rows.extend(item.embedding for item in sorted(response.data, key=lambda d: d.index))
         vectors = np.asarray(rows, dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True) if len(rows) else 1.0
         return vectors / np.maximum(norms, 1e-12)

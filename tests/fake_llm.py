@@ -23,7 +23,22 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-Reply = str | Fault | Callable[[dict[str, Any]], str]
+@dataclass
+class Cut:
+    """A stream that sends `text` and then breaks off: no finish event, connection dropped."""
+
+    text: str
+
+
+Reply = str | Fault | Cut | Callable[[dict[str, Any]], str]
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)  # a client that gave up is expected
 
 
 class FakeLLM:
@@ -39,7 +54,7 @@ class FakeLLM:
         self.in_flight = 0
         self.max_in_flight = 0  # the most requests handled at once (concurrency, not timing)
         self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -62,7 +77,7 @@ class FakeLLM:
         self.server.shutdown()
         self.server.server_close()
 
-    def _next(self, body: dict[str, Any]) -> str | Fault:
+    def _next(self, body: dict[str, Any]) -> str | Fault | Cut:
         with self._lock:
             reply = self.replies.popleft() if self.replies else self.default
         return reply(body) if callable(reply) else reply
@@ -83,6 +98,7 @@ class FakeLLM:
                     fake.requests.append(
                         {
                             "path": self.path,
+                            "time": time.monotonic(),
                             "body": body,
                             "headers": {k.lower(): v for k, v in self.headers.items()},
                         }
@@ -104,6 +120,8 @@ class FakeLLM:
                 reply = fake._next(body)
                 if isinstance(reply, Fault):
                     return self._send(reply.status, reply.body.encode(), reply.headers)
+                if isinstance(reply, Cut):
+                    return self._stream(body, reply.text, cut=True)
                 if body.get("stream"):
                     return self._stream(body, reply)
                 return self._json(_completion(body, reply))
@@ -122,7 +140,7 @@ class FakeLLM:
             def _json(self, payload: dict[str, Any]) -> None:
                 self._send(200, json.dumps(payload).encode())
 
-            def _stream(self, body: dict[str, Any], text: str) -> None:
+            def _stream(self, body: dict[str, Any], text: str, cut: bool = False) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")
@@ -135,6 +153,10 @@ class FakeLLM:
                     self.wfile.flush()
                     if fake.chunk_delay:
                         time.sleep(fake.chunk_delay)
+                if cut:
+                    self.close_connection = True
+                    self.connection.shutdown(2)  # mid-answer, as a crashed server would
+                    return
                 final = _chunk(body, {}, finish="stop")
                 self.wfile.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
                 self.wfile.flush()
