@@ -8,8 +8,6 @@ the sentence of each top paper closest to the question, cited the same way.
 from __future__ import annotations
 
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rag import prompts
+from rag.embed import embed_cached
 from rag.errors import InputError, LLMInterrupted
 
 if TYPE_CHECKING:
@@ -200,36 +199,6 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in SENTENCE_END.split(text) if len(s.strip()) > 20]
 
 
-class SentenceVectors:
-    """Embeddings of abstract sentences, cached: follow-up questions reuse the same papers."""
-
-    def __init__(self, size: int = 8192) -> None:
-        self.size = size
-        self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, embedder: Embedder, sentences: Sequence[str]) -> np.ndarray:
-        """One row per sentence (at least one sentence)."""
-        with self._lock:
-            known = {
-                s: self._cache[(embedder.name, s)]
-                for s in sentences
-                if (embedder.name, s) in self._cache
-            }
-        missing = list(dict.fromkeys(s for s in sentences if s not in known))
-        if missing:
-            known.update(zip(missing, embedder.embed(missing), strict=True))
-            with self._lock:
-                for sentence in missing:
-                    self._cache[(embedder.name, sentence)] = known[sentence]
-                while len(self._cache) > self.size:
-                    self._cache.popitem(last=False)
-        return np.stack([known[s] for s in sentences])
-
-
-SENTENCE_VECTORS = SentenceVectors()
-
-
 def weigh_evidence(question: str, sources: Sequence[Source], embedder: Embedder) -> float:
     """Set each source's closest sentence (`quote`, `evidence`); the best evidence overall.
 
@@ -241,8 +210,8 @@ def weigh_evidence(question: str, sources: Sequence[Source], embedder: Embedder)
     flat = [sentence for group in per_source for sentence in group]
     if not flat:
         return 0.0
-    query = embedder.embed([question])[0]
-    similarity = SENTENCE_VECTORS.get(embedder, flat) @ query
+    query = embed_cached(embedder, [question])[0]
+    similarity = embed_cached(embedder, flat) @ query
     at = 0
     for source, group in zip(sources, per_source, strict=True):
         scores = similarity[at : at + len(group)]

@@ -50,6 +50,11 @@ DATE_LINE = re.compile(rf"^(?:{_MONTHS})[a-z]*\.? \d{{1,2}}(?:, \d{{4}})?$")
 ABSTRACT_MIN_WORDS = 30
 ABSTRACT_MIN_CHARS = 200
 BINARY_SNIFF_BYTES = 8192
+# JSON Lines records end at \n (or \r\n). `str.splitlines` also breaks at U+0085, U+2028 and
+# U+2029, which a JSON writer may leave unescaped inside strings (`ensure_ascii=False`); the other
+# breaks it knows are control characters, which valid JSON never holds raw.
+JSONL_LINE_BREAK = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e]")
+MESSAGE_TEXT_CHARS = 80  # how much of a title a one-line problem message quotes
 
 
 @dataclass(frozen=True, order=True)
@@ -187,7 +192,7 @@ def iter_file(path: Path, fields: Fields = Fields()) -> Iterator[Paper | Problem
         yield from parse_jsonl(text, str(path), fields)
     else:
         yield from parse_csv(
-            text, str(path), fields, delimiter="\t" if path.suffix == ".tsv" else ","
+            text, str(path), fields, delimiter="\t" if path.suffix.lower() == ".tsv" else ","
         )
 
 
@@ -227,6 +232,17 @@ def parse_listing_page(text: str, source: str) -> Iterator[Paper | Problem]:
         yield Problem(source, pending[0], f"title without an abstract: {pending[1]!r}")
 
 
+def _brief(text: str) -> str:
+    """`text` cut to a length that keeps a one-line message readable."""
+    if len(text) > MESSAGE_TEXT_CHARS:
+        return text[: MESSAGE_TEXT_CHARS - 3] + "..."
+    return text
+
+
+def _quote(text: str) -> str:
+    return repr(_brief(text))
+
+
 def _first(record: dict[str, object], names: tuple[str, ...]) -> str:
     for name in names:
         value = record.get(name)
@@ -244,7 +260,9 @@ def _record_to_paper(
         return Problem(where, line, f"record has no title (field {'/'.join(fields.title_names())})")
     if not text:
         return Problem(
-            where, line, f"record {title!r} has no abstract (field {'/'.join(fields.text_names())})"
+            where,
+            line,
+            f"record {_quote(title)} has no abstract (field {'/'.join(fields.text_names())})",
         )
     paper_id = _first(record, fields.id_names()) or paper_id_for(title)
     return Paper(paper_id, title, text, (Listing(source),))
@@ -253,13 +271,16 @@ def _record_to_paper(
 def parse_jsonl(text: str, where: str, fields: Fields = Fields()) -> Iterator[Paper | Problem]:
     """Papers of a JSON Lines text, one object per line."""
     source = Path(where).name
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(JSONL_LINE_BREAK.split(text), start=1):
         if not raw.strip():
             continue
         try:
             record = json.loads(raw)
         except ValueError as exc:
             yield Problem(where, number, f"not valid JSON ({exc.__class__.__name__}: {exc})")
+            continue
+        except RecursionError:
+            yield Problem(where, number, "not valid JSON (nested too deeply)")
             continue
         if not isinstance(record, dict):
             yield Problem(where, number, "expected a JSON object with title and text fields")
@@ -278,7 +299,8 @@ def parse_csv(
     if not any(name in columns for name in fields.title_names()):
         raise InputError(
             f"{where}:1: no title column (looked for {'/'.join(fields.title_names())}; "
-            f"found {', '.join(map(str, columns)) or 'none'}); use --title-field"
+            f"found {_brief(', '.join(clean_text(str(c)) for c in columns)) or 'none'}); "
+            "use --title-field"
         )
     try:
         for record in reader:

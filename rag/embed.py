@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, cached_property
@@ -253,3 +254,39 @@ class SentenceTransformerEmbedder:
             convert_to_numpy=True,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+class VectorCache:
+    """Embeddings of short texts (questions, abstract sentences), least recently used dropped:
+    a question is embedded once for retrieval and evidence, follow-ups reuse the same papers."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, embedder: Embedder, sentences: Sequence[str]) -> np.ndarray:
+        """One row per sentence (at least one sentence)."""
+        with self._lock:
+            known = {
+                s: self._cache[(embedder.name, s)]
+                for s in sentences
+                if (embedder.name, s) in self._cache
+            }
+        missing = list(dict.fromkeys(s for s in sentences if s not in known))
+        if missing:
+            known.update(zip(missing, embedder.embed(missing), strict=True))
+            with self._lock:
+                for sentence in missing:
+                    self._cache[(embedder.name, sentence)] = known[sentence]
+                while len(self._cache) > self.size:
+                    self._cache.popitem(last=False)
+        return np.stack([known[s] for s in sentences])
+
+
+_CACHE = VectorCache()
+
+
+def embed_cached(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+    """`embedder.embed(texts)` through the process-wide cache."""
+    return _CACHE.get(embedder, texts)

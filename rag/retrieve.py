@@ -153,8 +153,10 @@ class DenseRetriever(StoreRetriever):
         self.embedder = embedder
 
     def query_vector(self, query: str) -> np.ndarray:
+        from rag.embed import embed_cached
+
         self.store.col  # noqa: B018 - a model mismatch is reported before any embedding call
-        return self.embedder.embed([query])[0]
+        return embed_cached(self.embedder, [query])[0]
 
     def search(self, query: str, k: int) -> list[PaperHit]:
         return self.search_vector(self.query_vector(query), k)

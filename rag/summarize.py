@@ -21,7 +21,6 @@ import numpy as np
 from rag import prompts
 from rag.answer import (
     NOT_COVERED,
-    SENTENCE_VECTORS,
     Source,
     number_sources,
     resolve_citations,
@@ -29,6 +28,7 @@ from rag.answer import (
     weigh_evidence,
 )
 from rag.corpus import normalise_title
+from rag.embed import embed_cached
 from rag.errors import InputError
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ def llm_overview(
 
 def extractive_overview(topic: str, sources: list[Source], embedder: Embedder) -> Summary:
     """The key sentence of each paper (closest to the topic), grouped by similarity."""
-    vectors = SENTENCE_VECTORS.get(embedder, [s.quote or s.body for s in sources])
+    vectors = embed_cached(embedder, [s.quote or s.body for s in sources])
     groups: list[list[int]] = []
     for i in range(len(sources)):
         for group in groups:

@@ -45,6 +45,8 @@ NO_LLM_BANNER = (
 )
 EMPTY_SOURCES = "### Sources\nAsk a question: the papers behind the answer appear here."
 MODES = ("LLM", "Extractive")
+# Chats served at once: most of a chat is waiting on the LLM, so many fit on 2 cores.
+CONCURRENCY = 32
 
 
 def hf_link(title: str) -> str:
@@ -358,7 +360,7 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
         topic.submit(summarize_topic, [topic, max_papers, answer_mode], summary,
                      api_visibility="private")  # fmt: skip
         paper_button.click(summarize_one, [picker, answer_mode], summary, api_visibility="private")
-        gr.api(chat_api, api_name="chat")
+        gr.api(chat_api, api_name="chat", concurrency_limit=CONCURRENCY)
     return app
 
 
@@ -371,7 +373,7 @@ def launch(
 ) -> gr.Blocks:
     """Serve the app on `host:port` (never a public share link); login when RAG_UI_AUTH is set."""
     app = build_app(settings, service)
-    app.queue(default_concurrency_limit=16, max_size=128)
+    app.queue(default_concurrency_limit=CONCURRENCY, max_size=256)
     auth = settings.ui_credentials()
     app.launch(
         server_name=host, server_port=port, share=False, auth=auth, prevent_thread_lock=not block,
