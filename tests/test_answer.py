@@ -229,3 +229,23 @@ def test_empty_question_is_input_error(settings: Settings, question: str) -> Non
 def test_is_refusal_tolerates_spacing_and_case() -> None:
     assert is_refusal("the collection   does not cover this question.")
     assert not is_refusal("The collection covers it [1].")
+
+
+def test_a_100_kb_question_with_control_characters_is_cleaned_and_cut(fake_llm: FakeLLM) -> None:
+    fake_llm.reply("Pointer networks [1].")
+    question = "Which network uses attention\x00 as a\x1b[31m pointer? " + "x" * 100_000
+    answer = api.ask(
+        question, llm_settings(fake_llm), retriever=FixedRetriever(HITS), embedder=HashEmbedder()
+    )
+    assert answer.answer == "Pointer networks [1]."
+    (request,) = fake_llm.chat_requests()
+    sent = request["body"]["messages"][-1]["content"].split("Question: ", 1)[1]
+    assert len(sent) <= 2000 and "\x00" not in sent and "\x1b" not in sent
+    assert sent.startswith("Which network uses attention as a [31m pointer?")
+
+
+def test_cli_rejects_an_empty_question_in_one_line(tmp_path) -> None:
+    from tests.helpers import run_rag
+
+    proc = run_rag("ask", "  \x07 ", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == "rag: error: the question is empty"
