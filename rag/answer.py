@@ -146,8 +146,21 @@ def resolve_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[S
     return cleaned, list(cited.values()), dropped
 
 
+def as_data(text: str) -> str:
+    """Source text made unable to close or open our delimiters (`</source>`, `<sources>`)."""
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def quoted(text: str) -> str:
+    """Abstract text for an answer: its own `[n]` markers become `(n)`, never citations."""
+    return CITATION.sub(lambda m: f"({m.group(1)})", text)
+
+
 def format_sources(sources: Sequence[Source]) -> str:
-    return "\n".join(prompts.render("source", n=s.n, title=s.title, text=s.body) for s in sources)
+    return "\n".join(
+        prompts.render("source", n=s.n, title=as_data(s.title), text=as_data(s.body))
+        for s in sources
+    )
 
 
 def build_messages(question: str, sources: Sequence[Source]) -> list[dict[str, str]]:
@@ -227,8 +240,8 @@ def extractive_answer(question: str, sources: list[Source]) -> Answer:
     chosen = [
         s for s in sources[:EXTRACTIVE_PAPERS] if (s.evidence or 0.0) >= best - EXTRACTIVE_MARGIN
     ]
-    text, cited, _ = resolve_citations("\n".join(f"- {s.quote} [{s.n}]" for s in chosen), sources)
-    return Answer(question, text, "extractive", cited, sources, [], EXTRACTIVE_NOTE)
+    text = "\n".join(f"- {quoted(s.quote)} [{s.n}]" for s in chosen)
+    return Answer(question, text, "extractive", list(chosen), sources, [], EXTRACTIVE_NOTE)
 
 
 def answer_question(

@@ -188,6 +188,13 @@ class Store:
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
+        database = self.path / "chroma.sqlite3"
+        if _foreign_database(database):
+            # Chroma would add its tables to any SQLite file it is pointed at: refuse instead.
+            raise IndexMismatchError(
+                f"{database} is not a Chroma index (it holds another program's tables); "
+                "point RAG_INDEX_DIR at a new directory and run `rag ingest` to build an index"
+            )
         try:
             return chromadb.PersistentClient(
                 path=str(self.path), settings=ChromaSettings(anonymized_telemetry=False)
@@ -364,6 +371,22 @@ class Store:
             Hit(cid, 0.0, doc, meta)
             for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"], strict=True)
         ]
+
+
+def _foreign_database(path: Path) -> bool:
+    """True when `path` is an SQLite database that has tables but not Chroma's (read-only)."""
+    import sqlite3
+
+    if not path.is_file():
+        return False
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        ) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.Error:
+        return False  # not a database at all: Chroma's own error says so
+    return bool(tables) and not {"collections", "migrations"} <= tables
 
 
 def _is_complete(chunks: list[dict[str, Any]], wanted_hash: str) -> bool:

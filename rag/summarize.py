@@ -22,7 +22,9 @@ from rag import prompts
 from rag.answer import (
     NOT_COVERED,
     Source,
+    as_data,
     number_sources,
+    quoted,
     resolve_citations,
     split_sentences,
     weigh_evidence,
@@ -129,7 +131,8 @@ def llm_overview(
 ) -> Summary:
     lines = map_papers(topic, sources, llm, settings.llm_concurrency, on_progress)
     listing = "\n".join(
-        f"[{s.n}] {s.title}\n{line}" for s, line in zip(sources, lines, strict=True)
+        f"[{s.n}] {as_data(s.title)}\n{as_data(line)}"
+        for s, line in zip(sources, lines, strict=True)
     )
     messages = [
         {"role": "system", "content": prompts.render("summary_system")},
@@ -159,9 +162,9 @@ def extractive_overview(topic: str, sources: list[Source], embedder: Embedder) -
     for number, group in enumerate(groups, start=1):
         cites = "".join(f"[{sources[i].n}]" for i in group)
         parts.append(f"**Theme {number}** {cites}\n\n" + "\n".join(
-            f"- {sources[i].quote} [{sources[i].n}]" for i in group))  # fmt: skip
-    text, cited, _ = resolve_citations("\n\n".join(parts), sources)
-    papers = [SummaryPaper(s.n, s.paper_id, s.title, s.quote) for s in sources]
+            f"- {quoted(sources[i].quote)} [{sources[i].n}]" for i in group))  # fmt: skip
+    text, cited = "\n\n".join(parts), list(sources)
+    papers = [SummaryPaper(s.n, s.paper_id, s.title, quoted(s.quote)) for s in sources]
     return Summary(topic, f"{text}\n\n{references(cited)}", "extractive", cited, papers)
 
 
@@ -216,7 +219,7 @@ NUMBER = re.compile(r"\d")
 
 
 def extractive_paper(source: Source) -> str:
-    sentences = split_sentences(source.body) or [source.body]
+    sentences = [quoted(s) for s in split_sentences(source.body) or [source.body]]
     results = [s for s in sentences[1:] if NUMBER.search(s)][:3]
     limits = [s for s in sentences if LIMITATION.search(s)][:2]
     method = next((s for s in sentences[1:] if s not in results), "")
@@ -239,7 +242,9 @@ def summarize_paper(
     if llm is None:
         text, cited, dropped, mode = extractive_paper(source), [source], [], "extractive"
     else:
-        content = prompts.render("summary_paper", title=source.title, abstract=source.body)
+        content = prompts.render(
+            "summary_paper", title=as_data(source.title), abstract=as_data(source.body)
+        )
         messages = [{"role": "user", "content": content}]
         text, cited, dropped = resolve_citations(llm.complete(messages), [source])
         mode = "llm"

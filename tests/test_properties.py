@@ -186,7 +186,7 @@ def listing_page(draw: st.DrawFn) -> tuple[str, list[tuple[str, str]], str | Non
     date = draw(st.sampled_from([None, "May 8", "Jul 30, 2024"]))
     lines: list[str] = ["Daily Papers", "Subscribe"] + ([date] if date else [])
     for title, abstract in papers:
-        lines += [title] + draw(st.sampled_from([[], [""], ["", "  "]])) + [abstract]
+        lines += [title, *draw(st.sampled_from([[], [""], ["", "  "]])), abstract]
     breaks = draw(st.lists(st.sampled_from(["\n", "\r\n", "\r"]), min_size=len(lines)))
     text = "".join(line + brk for line, brk in zip(lines, breaks, strict=False))
     if draw(st.booleans()):
