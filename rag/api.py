@@ -187,11 +187,18 @@ def _collaborators(
     if retriever is None:
         ensure_index(settings, embedder)
         retriever = get_retriever(settings, embedder)
-    if llm is None and not no_llm and settings.llm_configured:
+    return retriever, embedder, configured_llm(settings, no_llm, llm)
+
+
+def configured_llm(settings: Settings, no_llm: bool = False, llm: LLM | None = None) -> LLM | None:
+    """The LLM a call uses: none with `no_llm`, else the given one, else the configured one."""
+    if no_llm:
+        return None
+    if llm is None and settings.llm_configured:
         from rag.llm import LLM
 
         llm = LLM(settings)
-    return retriever, embedder, None if no_llm else llm
+    return llm
 
 
 def evaluate(

@@ -287,19 +287,14 @@ def run_questions(
 
     embedder = embedder or get_embedder(settings)
     api.ensure_index(settings, embedder, progress=progress)
-    if llm is None and not no_llm and settings.llm_configured:
-        from rag.llm import LLM
-
-        llm = LLM(settings)
+    llm = api.configured_llm(settings, no_llm, llm)
     runs: dict[str, list[Result]] = {}
     for mode in modes:
         retriever = get_retriever(settings, embedder, mode)
         results: list[Result] = []
         failures = 0
         for question in _progress(questions, f"eval {mode}", progress):
-            result = answer_one(
-                question, retriever, mode, settings, embedder, None if no_llm else llm, k
-            )
+            result = answer_one(question, retriever, mode, settings, embedder, llm, k)
             failures = failures + 1 if result.error else 0
             if failures >= MAX_CONSECUTIVE_ERRORS:
                 raise LLMError(
