@@ -88,8 +88,11 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     from scipy.special import erf  # only the embedding path pays for this import
 
     y = x * np.float32(0.7071067811865476)
-    parts = np.array_split(y, _CORES)
-    list(_pool().map(lambda part: erf(part, out=part), parts))
+    if y.size < PARALLEL_ERF_MIN:  # a query: handing work to threads costs more than it saves
+        erf(y, out=y)
+    else:
+        parts = np.array_split(y, _CORES)
+        list(_pool().map(lambda part: erf(part, out=part), parts))
     y += 1.0
     y *= x
     y *= 0.5
@@ -97,6 +100,7 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 
 
 _CORES = max(1, os.cpu_count() or 1)
+PARALLEL_ERF_MIN = 1 << 16
 
 
 @cache

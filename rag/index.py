@@ -8,12 +8,14 @@ were left half-written by an interrupted run is simply redone.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -74,6 +76,55 @@ class Hit:
     score: float
     text: str
     metadata: dict[str, Any]
+
+
+@dataclass
+class ChunkTable:
+    """Every chunk of a collection in memory: vectors as one matrix, rows in chunk-id order.
+
+    Small collections (`RAG_EXACT_SEARCH_MAX`) are searched exactly from it: a query is one
+    matrix-vector product (well under a millisecond for the bundled corpus), and the ranking
+    is the same in every process, which an approximate (HNSW) index does not promise.
+    """
+
+    stamp: tuple[int, int]
+    ids: list[str]
+    docs: list[str]
+    metas: list[dict[str, Any]]
+    matrix: np.ndarray
+    rows_of: dict[str, list[int]]
+    """Paper id -> its rows, in chunk order."""
+
+    @classmethod
+    def build(cls, stamp: tuple[int, int], got: dict[str, Any], dim: int) -> ChunkTable:
+        order = sorted(range(len(got["ids"])), key=got["ids"].__getitem__)
+        ids = [got["ids"][i] for i in order]
+        docs = [got["documents"][i] for i in order]
+        metas = [got["metadatas"][i] for i in order]
+        matrix = (
+            np.asarray(got["embeddings"], dtype=np.float32)[order]
+            if order
+            else np.zeros((0, dim), dtype=np.float32)
+        )
+        rows_of: dict[str, list[int]] = {}
+        for row, meta in enumerate(metas):
+            rows_of.setdefault(meta["paper_id"], []).append(row)
+        for rows in rows_of.values():
+            rows.sort(key=lambda r: metas[r]["chunk"])
+        return cls(stamp, ids, docs, metas, np.ascontiguousarray(matrix), rows_of)
+
+    def hit(self, row: int, score: float = 0.0) -> Hit:
+        return Hit(self.ids[row], score, self.docs[row], self.metas[row])
+
+    def nearest(self, vector: np.ndarray, n: int) -> list[Hit]:
+        """The `n` rows nearest to `vector`, best first; ties go to the smaller chunk id."""
+        if n <= 0 or not self.ids:
+            return []
+        sims = self.matrix @ np.asarray(vector, dtype=np.float32)
+        n = min(n, len(sims))
+        top = np.argpartition(-sims, n - 1)[:n] if n < len(sims) else np.arange(len(sims))
+        top = top[np.lexsort((top, -sims[top]))]
+        return [self.hit(int(r), float(sims[r])) for r in top]
 
 
 @dataclass
@@ -182,6 +233,9 @@ class Store:
         self.settings = settings
         self.embedder_name = embedder_name
         self.path = settings.index_dir / "chroma"
+        self._table: ChunkTable | None = None
+        self._local = threading.local()
+        self._table_lock = threading.Lock()
 
     @cached_property
     def client(self) -> Any:
@@ -271,6 +325,13 @@ class Store:
         """Every chunk of these papers (text and metadata), in order, by paper id."""
         if not paper_ids:
             return {}
+        table = self.table()
+        if table is not None:
+            return {
+                pid: [table.hit(r) for r in table.rows_of[pid]]
+                for pid in paper_ids
+                if pid in table.rows_of
+            }
         found = self.col.get(
             where={"paper_id": {"$in": list(paper_ids)}}, include=["documents", "metadatas"]
         )
@@ -285,6 +346,14 @@ class Store:
         """Each paper's best chunk cosine similarity to `vector` (vectors are unit length)."""
         if not paper_ids:
             return {}
+        table = self.table()
+        if table is not None:
+            vector = np.asarray(vector, dtype=np.float32)
+            return {
+                pid: float((table.matrix[table.rows_of[pid]] @ vector).max())
+                for pid in paper_ids
+                if pid in table.rows_of
+            }
         found = self.col.get(
             where={"paper_id": {"$in": list(paper_ids)}}, include=["embeddings", "metadatas"]
         )
@@ -296,9 +365,38 @@ class Store:
 
     def stamp(self) -> tuple[int, int]:
         """(generation, chunk count): changes whenever an ingest changes the collection, so
-        indexes derived from it (BM25) know when to rebuild. About a millisecond."""
+        indexes derived from it (BM25, the in-memory table) know when to rebuild. Reading it
+        costs about 1.5 ms; inside `one_view()` the first reading serves the whole block."""
+        pinned = getattr(self._local, "stamp", None)
+        if pinned is not None:
+            return pinned
         meta = self.client.get_collection(self.settings.collection).metadata or {}
         return int(meta.get(GENERATION_KEY, 0)), self.count()
+
+    @contextlib.contextmanager
+    def one_view(self) -> Iterator[None]:
+        """One search sees one state of the collection, read once (per thread)."""
+        if getattr(self._local, "stamp", None) is not None:
+            yield  # nested: the outer block's view holds
+            return
+        self._local.stamp = self.stamp()
+        try:
+            yield
+        finally:
+            self._local.stamp = None
+
+    def table(self, stamp: tuple[int, int] | None = None) -> ChunkTable | None:
+        """The in-memory copy of the collection, current as of `stamp` (read when not given);
+        None when the collection is larger than `RAG_EXACT_SEARCH_MAX` chunks."""
+        stamp = stamp or self.stamp()
+        if stamp[1] > self.settings.exact_search_max:
+            return None
+        with self._table_lock:
+            if self._table is None or self._table.stamp != stamp:
+                got = self.col.get(include=["embeddings", "documents", "metadatas"])
+                dim = 0 if self._table is None else self._table.matrix.shape[1]
+                self._table = ChunkTable.build(stamp, got, dim)
+            return self._table
 
     def bump_generation(self) -> None:
         """Mark the collection as changed (before and after an ingest that writes)."""
@@ -335,6 +433,9 @@ class Store:
 
     def query(self, vector: np.ndarray, n: int) -> list[Hit]:
         """The `n` chunks nearest to `vector`, best first."""
+        table = self.table()
+        if table is not None:
+            return table.nearest(vector, n)
         n = min(n, self.count())
         if n <= 0:
             return []
@@ -358,6 +459,10 @@ class Store:
         """Stored embeddings of these chunks, by chunk id."""
         if not ids:
             return {}
+        table = self.table()
+        if table is not None:
+            rows = {cid: _index(table.ids, cid) for cid in ids}
+            return {cid: table.matrix[row] for cid, row in rows.items() if row is not None}
         got = self.col.get(ids=ids, include=["embeddings"])
         return {
             cid: np.asarray(v, dtype=np.float32)
@@ -366,11 +471,20 @@ class Store:
 
     def all_chunks(self) -> list[Hit]:
         """Every chunk (text and metadata), for lexical indexes built beside the vectors."""
+        table = self.table()
+        if table is not None:
+            return [table.hit(r) for r in range(len(table.ids))]
         res = self.col.get(include=["documents", "metadatas"])
         return [
             Hit(cid, 0.0, doc, meta)
             for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"], strict=True)
         ]
+
+
+def _index(ids: list[str], wanted: str) -> int | None:
+    """Row of `wanted` in the sorted `ids`, or None."""
+    at = bisect.bisect_left(ids, wanted)
+    return at if at < len(ids) and ids[at] == wanted else None
 
 
 def _foreign_database(path: Path) -> bool:

@@ -118,11 +118,13 @@ class StoreRetriever:
     store: Store
 
     def attach_texts(self, papers: Sequence[PaperHit]) -> None:
-        attach_texts(self.store, papers)
+        with self.store.one_view():
+            attach_texts(self.store, papers)
 
     def papers_by_id(self, paper_ids: Sequence[str]) -> list[PaperHit]:
         """These papers (those still in the index), in the given order, with their texts."""
-        chunks = self.store.paper_chunks(paper_ids)
+        with self.store.one_view():
+            chunks = self.store.paper_chunks(paper_ids)
         papers = []
         for pid in paper_ids:
             if pid in chunks:
@@ -159,7 +161,9 @@ class DenseRetriever(StoreRetriever):
         return embed_cached(self.embedder, [query])[0]
 
     def search(self, query: str, k: int) -> list[PaperHit]:
-        return self.search_vector(self.query_vector(query), k)
+        vector = self.query_vector(query)
+        with self.store.one_view():
+            return self.search_vector(vector, k)
 
     def search_vector(self, vector: np.ndarray, k: int) -> list[PaperHit]:
         return to_papers(self.store.query(vector, k * CHUNKS_PER_PAPER), k)
@@ -309,7 +313,8 @@ class BM25Retriever(StoreRetriever):
         return hits
 
     def search(self, query: str, k: int) -> list[PaperHit]:
-        return self.hits(query, self.rank(query, k))
+        with self.store.one_view():
+            return self.hits(query, self.rank(query, k))
 
 
 class HybridRetriever(StoreRetriever):
@@ -341,6 +346,10 @@ class HybridRetriever(StoreRetriever):
 
     def search(self, query: str, k: int) -> list[PaperHit]:
         vector = self.dense.query_vector(query)
+        with self.store.one_view():
+            return self._search(query, vector, k)
+
+    def _search(self, query: str, vector: np.ndarray, k: int) -> list[PaperHit]:
         depth = max(self.depth, k)
         dense = {p.paper_id: p for p in self.dense.search_vector(vector, depth)}
         ids, bm25 = self.bm25.scores(query)

@@ -72,6 +72,15 @@ class Settings(BaseSettings):
     )
     bm25_weight: float = Field(default=0.4, ge=0, description="Weight of the BM25 side in fusion.")
     top_k: int = Field(default=5, ge=1, le=100, description="Papers given to the answer step.")
+    exact_search_max: int = Field(
+        default=50_000,
+        ge=0,
+        description=(
+            "Collections of up to this many chunks are searched exactly, from an in-memory copy "
+            "of their vectors (deterministic, and faster than the ANN index at this size); "
+            "larger ones through Chroma's HNSW index."
+        ),
+    )
     min_relevance: float = Field(
         default=0.52,
         description=(

@@ -97,3 +97,45 @@ def test_default_retriever_meets_the_quality_bar_on_the_dev_questions(
     assert hybrid["refusal"]["false_refusal_rate"] <= 0.05
     assert single["mrr"] > dense["single_and_title"]["mrr"]
     assert multi["recall@5"] > dense["by_type"]["multi"]["recall@5"]
+
+
+def test_exact_search_matches_the_hnsw_index_and_is_exact(corpus_settings: Settings) -> None:
+    """Small collections are searched from the in-memory table: the same papers as Chroma's
+    HNSW index at the top, and the true nearest chunks (a brute-force check) all the way down."""
+    import numpy as np
+
+    from rag.embed import get_embedder
+
+    embedder = get_embedder(corpus_settings)
+    exact = get_retriever(corpus_settings, embedder, mode="dense")
+    hnsw = get_retriever(
+        corpus_settings.model_copy(update={"exact_search_max": 0}), embedder, "dense"
+    )
+    assert exact.store.table() is not None and hnsw.store.table() is None
+    for q in QUESTIONS:
+        top = [p.paper_id for p in exact.search(q["question"], 5)]
+        assert top[:3] == [p.paper_id for p in hnsw.search(q["question"], 5)][:3]
+
+    table = exact.store.table()
+    vector = embedder.embed(["sourdough bread hydration"])[0]
+    hits = exact.store.query(vector, 200)
+    truth = np.sort(table.matrix @ vector)[::-1][:200]
+    assert np.allclose([h.score for h in hits], truth, atol=1e-6)
+    assert len({h.chunk_id for h in hits}) == 200
+
+
+def test_chunk_table_breaks_ties_by_chunk_id() -> None:
+    import numpy as np
+
+    from rag.index import ChunkTable
+
+    got = {
+        "ids": ["c", "a", "b", "d"],
+        "documents": ["C", "A", "B", "D"],
+        "metadatas": [{"paper_id": p, "chunk": 0} for p in "cabd"],
+        "embeddings": [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]],
+    }
+    table = ChunkTable.build((1, 4), got, 2)
+    assert [h.chunk_id for h in table.nearest(np.array([1.0, 0.0]), 3)] == ["a", "c", "d"]
+    assert [h.chunk_id for h in table.nearest(np.array([1.0, 0.0]), 10)] == ["a", "c", "d", "b"]
+    assert table.rows_of["b"] == [1]
