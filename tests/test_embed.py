@@ -14,19 +14,42 @@ TEXTS = [
 
 
 @pytest.mark.slow
-def test_numpy_minilm_matches_sentence_transformers() -> None:
+@pytest.mark.parametrize("backend", ["onnx", "numpy"])
+def test_minilm_matches_sentence_transformers(backend: str) -> None:
     st = pytest.importorskip("sentence_transformers")
-    ours = MiniLMEmbedder(bundled_minilm_path(), batch_size=2).embed(TEXTS)
+    ours = MiniLMEmbedder(bundled_minilm_path(), batch_size=2, backend=backend).embed(TEXTS)
     model = st.SentenceTransformer(str(bundled_minilm_path()), device="cpu")
     theirs = model.encode(TEXTS, normalize_embeddings=True)
     assert ours.shape == (3, 384) and ours.dtype == np.float32
     assert np.abs(ours - theirs).max() < 1e-5
 
 
-def test_vectors_are_unit_length_and_order_independent() -> None:
-    embedder = MiniLMEmbedder(bundled_minilm_path(), batch_size=2)
+@pytest.mark.parametrize("backend", ["onnx", "numpy"])
+def test_vectors_are_unit_length_and_order_independent(backend: str) -> None:
+    embedder = MiniLMEmbedder(bundled_minilm_path(), batch_size=2, backend=backend)
     vectors = embedder.embed(TEXTS)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     reversed_vectors = embedder.embed(TEXTS[::-1])[::-1]
     assert np.abs(vectors - reversed_vectors).max() < 1e-5
     assert embedder.embed([]).shape == (0, 384)
+
+
+def test_onnx_graph_is_built_once_into_the_cache_or_in_memory(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag import onnx_encoder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = MiniLMEmbedder(bundled_minilm_path()).embed(["graph cache"])
+    (cached,) = (tmp_path / "cache" / "rag-assistant" / "onnx").glob("*.onnx")
+    stamp = cached.stat().st_mtime_ns
+    again = MiniLMEmbedder(bundled_minilm_path()).embed(["graph cache"])
+    assert cached.stat().st_mtime_ns == stamp and np.array_equal(first, again)
+
+    # A cache that cannot be written: the graph is built in memory, same vectors.
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    assert onnx_encoder.cache_dir().parent.parent == blocked
+    in_memory = MiniLMEmbedder(bundled_minilm_path()).embed(["graph cache"])
+    assert np.abs(in_memory - first).max() < 1e-6
