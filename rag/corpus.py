@@ -183,17 +183,54 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
 
 
 def iter_file(path: Path, fields: Fields = Fields()) -> Iterator[Paper | Problem]:
-    """Papers and problems of one file, whatever its format."""
+    """Papers and problems of one file, whatever its format.
+
+    JSON Lines and CSV files are streamed (a few lines in memory at a time, whatever the file's
+    size); a listing page, small by nature, is read whole.
+    """
     fmt = detect_format(path)
-    text = read_text(path)
     if fmt == "listing":
-        yield from parse_listing_page(text, source=path.name)
+        yield from parse_listing_page(read_text(path), source=path.name)
     elif fmt == "jsonl":
-        yield from parse_jsonl(text, str(path), fields)
+        yield from parse_jsonl_lines(stream_lines(path), str(path), fields)
     else:
-        yield from parse_csv(
-            text, str(path), fields, delimiter="\t" if path.suffix.lower() == ".tsv" else ","
+        yield from parse_csv_lines(
+            (line for _, line in stream_lines(path)),
+            str(path),
+            fields,
+            delimiter="\t" if path.suffix.lower() == ".tsv" else ",",
         )
+
+
+def stream_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered lines of a text file (line ends kept), read as they are needed.
+
+    The same checks as `read_text`: a missing, binary or empty file, or a line that is not
+    UTF-8, is an `InputError` naming the file (and the line).
+    """
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file")
+    with path.open("rb") as handle:
+        if b"\x00" in handle.read(BINARY_SNIFF_BYTES):
+            raise InputError(f"{path}: looks like a binary file, expected text")
+        handle.seek(0)
+        content = False
+        for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"{path}:{number}: not UTF-8 text (invalid byte 0x{raw[exc.start]:02x}); "
+                    "convert the file to UTF-8"
+                ) from None
+            content = content or bool(line.strip())
+            yield number, line
+        if not content:
+            raise InputError(f"{path}: file is empty")
 
 
 def _looks_like_abstract(line: str) -> bool:
@@ -270,32 +307,54 @@ def _record_to_paper(
 
 def parse_jsonl(text: str, where: str, fields: Fields = Fields()) -> Iterator[Paper | Problem]:
     """Papers of a JSON Lines text, one object per line."""
+    return parse_jsonl_lines(enumerate(io.StringIO(text, newline=""), start=1), where, fields)
+
+
+def parse_jsonl_lines(
+    lines: Iterable[tuple[int, str]], where: str, fields: Fields = Fields()
+) -> Iterator[Paper | Problem]:
+    """Papers of numbered JSON Lines (a file streamed by `stream_lines`, or a split text)."""
     source = Path(where).name
-    for number, raw in enumerate(JSONL_LINE_BREAK.split(text), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except ValueError as exc:
-            yield Problem(where, number, f"not valid JSON ({exc.__class__.__name__}: {exc})")
-            continue
-        except RecursionError:
-            yield Problem(where, number, "not valid JSON (nested too deeply)")
-            continue
-        if not isinstance(record, dict):
-            yield Problem(where, number, "expected a JSON object with title and text fields")
-            continue
-        yield _record_to_paper(record, where, number, fields, source)
+    number = 0
+    for _, physical in lines:
+        # \r, \v, \f and the separators below end a record too, as `str.splitlines` would.
+        for raw in JSONL_LINE_BREAK.split(physical):
+            number += 1
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError as exc:
+                yield Problem(where, number, f"not valid JSON ({exc.__class__.__name__}: {exc})")
+                continue
+            except RecursionError:
+                yield Problem(where, number, "not valid JSON (nested too deeply)")
+                continue
+            if not isinstance(record, dict):
+                yield Problem(where, number, "expected a JSON object with title and text fields")
+                continue
+            yield _record_to_paper(record, where, number, fields, source)
+        number -= 1 if physical.endswith(("\n", "\r")) else 0  # the split's last, empty piece
 
 
 def parse_csv(
     text: str, where: str, fields: Fields = Fields(), delimiter: str = ","
 ) -> Iterator[Paper | Problem]:
     """Papers of a CSV text whose first row names the columns."""
+    return parse_csv_lines(io.StringIO(text, newline=""), where, fields, delimiter)
+
+
+def parse_csv_lines(
+    lines: Iterable[str], where: str, fields: Fields = Fields(), delimiter: str = ","
+) -> Iterator[Paper | Problem]:
+    """Papers of CSV lines (line ends kept) whose first row names the columns."""
     source = Path(where).name
     csv.field_size_limit(2**31 - 1)
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    columns = reader.fieldnames or []
+    reader = csv.DictReader(lines, delimiter=delimiter)
+    try:
+        columns = reader.fieldnames or []
+    except csv.Error as exc:
+        raise InputError(f"{where}:1: malformed CSV header: {exc}") from None
     if not any(name in columns for name in fields.title_names()):
         raise InputError(
             f"{where}:1: no title column (looked for {'/'.join(fields.title_names())}; "

@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache, cached_property
+from functools import cache, cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -49,13 +49,20 @@ class Embedder(Protocol):
         ...
 
 
+def embed_documents(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+    """Vectors of texts going into the index: an encoder may offer a faster, quantised form of
+    its model for them (`embed_documents`); queries always get `embed`."""
+    method = getattr(embedder, "embed_documents", None)
+    return method(texts) if method is not None else embedder.embed(texts)
+
+
 def get_embedder(settings: Settings) -> Embedder:
     """The encoder named by `settings.embed_model`."""
     name = settings.embed_model
     if name == DEFAULT_MODEL:
         return MiniLMEmbedder(
             bundled_minilm_path(), batch_size=settings.embed_batch_size,
-            backend=settings.embed_backend,
+            backend=settings.embed_backend, int8_documents=settings.embed_int8_documents,
         )  # fmt: skip
     if name.startswith("sentence-transformers:"):
         return SentenceTransformerEmbedder(name.split(":", 1)[1], settings.embed_batch_size)
@@ -121,12 +128,13 @@ class MiniLMEmbedder:
 
     def __init__(
         self, model_dir: Path, batch_size: int = 8, name: str = DEFAULT_MODEL,
-        backend: str = "onnx",
+        backend: str = "onnx", int8_documents: bool = False,
     ) -> None:  # fmt: skip
         self.model_dir = Path(model_dir)
         self.batch_size = batch_size
         self.name = name
         self.backend = backend
+        self.int8_documents = int8_documents and backend == "onnx"
         config = json.loads((self.model_dir / "config.json").read_text())
         self.layers = int(config["num_hidden_layers"])
         self.heads = int(config["num_attention_heads"])
@@ -187,14 +195,24 @@ class MiniLMEmbedder:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self._embed(texts, documents=False)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return self._embed(texts, documents=self.int8_documents)
+
+    def _embed(self, texts: Sequence[str], documents: bool) -> np.ndarray:
         out = np.zeros((len(texts), self.hidden), dtype=np.float32)
         if not texts:
             return out
         encodings = self.tokenizer.encode_batch(list(texts))
         # Similar lengths share a batch, so little work is spent on padding.
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        if self.backend == "numpy":
+            encode = self._numpy_encode
+        else:
+            session = self._int8_session if documents else self._session
+            encode = partial(self._session_encode, session)
         with self._lock:
-            encode = self._session_encode if self.backend == "onnx" else self._numpy_encode
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
                 out[batch] = encode([encodings[i].ids for i in batch])
@@ -206,9 +224,20 @@ class MiniLMEmbedder:
 
         return onnx_encoder.load(self.model_dir, _CORES)
 
-    def _session_encode(self, batch_ids: list[list[int]]) -> np.ndarray:
+    @cached_property
+    def _int8_session(self) -> Any:
+        from rag import onnx_encoder
+
+        try:
+            return onnx_encoder.load(self.model_dir, _CORES, int8=True)
+        except OSError as exc:
+            log.info("no int8 model (%s); documents are embedded by the float model", exc)
+            return self._session
+
+    @staticmethod
+    def _session_encode(session: Any, batch_ids: list[list[int]]) -> np.ndarray:
         ids, mask = _padded(batch_ids)
-        (vectors,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
+        (vectors,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
         return vectors
 
     def _numpy_encode(self, batch_ids: list[list[int]]) -> np.ndarray:

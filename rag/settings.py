@@ -53,6 +53,15 @@ class Settings(BaseSettings):
             "reference implementation); both give the same vectors."
         ),
     )
+    embed_int8_documents: bool = Field(
+        default=False,
+        description=(
+            "Embed the texts going into the index with the int8-quantised model: about 1.7x "
+            "faster ingest, vectors within cosine 0.99 of the float ones (on the dev questions "
+            "one multi-paper question lost a paper from its top 5); queries and answer "
+            "evidence always use the float model."
+        ),
+    )
     chunk_tokens: int = Field(
         default=256,
         ge=32,

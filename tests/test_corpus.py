@@ -203,3 +203,49 @@ def test_merge_keeps_every_listing_and_newest_text() -> None:
     merged = merge_papers([a, b, a])["x"]
     assert merged.abstract == "old"
     assert merged.listings == (Listing("p1", "May 8"), Listing("p2", None))
+
+
+def test_jsonl_is_streamed_in_constant_memory(tmp_path: Path) -> None:
+    """A JSON Lines file is read line by line: memory does not grow with the file."""
+    import json
+    import tracemalloc
+
+    path = tmp_path / "big.jsonl"
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(20_000):
+            out.write(json.dumps({"id": f"p{i}", "title": f"Paper {i}", "abstract": "x " * 200}))
+            out.write("\n")
+    assert path.stat().st_size > 8_000_000
+    tracemalloc.start()
+    try:
+        count = sum(1 for item in iter_file(path) if isinstance(item, Paper))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 20_000
+    assert peak < 1_000_000  # the file is 8 MB
+
+
+def test_a_bad_line_deep_in_a_streamed_file_is_named_after_the_papers_before_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "mixed.jsonl"
+    good = b'{"title": "Good paper", "abstract": "Fine text."}\n'
+    path.write_bytes(good * 2 + b'{"title": "Caf\xe9", "abstract": "x"}\n' + good)
+    items = iter_file(path)
+    assert [p.title for p in (next(items), next(items))] == ["Good paper", "Good paper"]
+    with pytest.raises(InputError, match=r"mixed.jsonl:3: not UTF-8 text \(invalid byte 0xe9\)"):
+        next(items)
+
+
+def test_streamed_jsonl_counts_lines_as_the_text_parser_does(tmp_path: Path) -> None:
+    text = '{"title": "A", "text": "a"}\r\n\r\n{"title": "B"}\r{"title": "C", "text": "c"}\n{x\n'
+    path = tmp_path / "lines.jsonl"
+    path.write_bytes(text.encode())
+    streamed = [(i.line, i.message[:20]) if isinstance(i, Problem) else i.title
+                for i in iter_file(path)]  # fmt: skip
+    parsed = [(i.line, i.message[:20]) if isinstance(i, Problem) else i.title
+              for i in parse_jsonl(text, str(path))]  # fmt: skip
+    assert (
+        streamed == parsed == ["A", (3, "record 'B' has no ab"), "C", (5, "not valid JSON (JSON")]
+    )

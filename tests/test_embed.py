@@ -53,3 +53,34 @@ def test_onnx_graph_is_built_once_into_the_cache_or_in_memory(
     assert onnx_encoder.cache_dir().parent.parent == blocked
     in_memory = MiniLMEmbedder(bundled_minilm_path()).embed(["graph cache"])
     assert np.abs(in_memory - first).max() < 1e-6
+
+
+def test_int8_documents_are_close_to_float_and_queries_stay_float() -> None:
+    embedder = MiniLMEmbedder(bundled_minilm_path(), int8_documents=True)
+    floats = MiniLMEmbedder(bundled_minilm_path()).embed(TEXTS)
+    docs = embedder.embed_documents(TEXTS)
+    assert np.array_equal(embedder.embed(TEXTS), floats)  # queries: the float model
+    cosines = (docs * floats).sum(axis=1)
+    assert not np.array_equal(docs, floats) and cosines.min() > 0.98
+
+
+def test_ingest_embeds_documents_through_embed_documents(tmp_path) -> None:
+    from rag.corpus import Listing, Paper
+    from rag.index import ingest_papers
+    from rag.settings import Settings
+
+    calls: list[str] = []
+
+    class Recording(MiniLMEmbedder):
+        def embed(self, texts):
+            calls.append("embed")
+            return super().embed(texts)
+
+        def embed_documents(self, texts):
+            calls.append("documents")
+            return super().embed(texts)
+
+    embedder = Recording(bundled_minilm_path())
+    paper = Paper("p1", "A title", "An abstract about things.", (Listing("x"),))
+    ingest_papers([paper], Settings(index_dir=tmp_path / "ix"), embedder)
+    assert calls == ["documents"]
