@@ -136,8 +136,10 @@ def bench_ingest(sizes: list[int], tmp: Path) -> list[tuple[str, str]]:
                 )
         proc = subprocess.run(
             [sys.executable, __file__, "--ingest-child", str(path), str(tmp / f"ingest-{n}")],
-            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
+            capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"},
         )  # fmt: skip
+        if proc.returncode:
+            raise SystemExit(f"ingest of {n:,} papers failed:\n{proc.stderr[-3000:]}")
         got = json.loads(proc.stdout.strip().splitlines()[-1])
         assert got["papers"] == n, got
         size = path.stat().st_size / 2**20

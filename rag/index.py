@@ -39,6 +39,7 @@ GENERATION_KEY = "generation"
 LOCK_NAME = ".ingest.lock"
 PAPER_BATCH = 256  # papers compared with the index per round trip
 WRITE_BATCH = 2048  # chunks per Chroma write (below its max batch size)
+GET_PAGE = 10_000  # records per Chroma read of the whole collection
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,28 @@ class Store:
         return int(self.col.count())
 
     def paper_count(self) -> int:
-        return len({m["paper_id"] for m in self.col.get(include=["metadatas"])["metadatas"]})
+        """Number of papers: their first chunks, counted by id only (no texts or metadata are
+        loaded, so it stays cheap for a collection of millions of chunks)."""
+        return sum(len(page["ids"]) for page in self._pages(include=[], where={"chunk": 0}))
+
+    def _pages(self, include: list[str], where: dict[str, Any] | None = None) -> Iterator[Any]:
+        """`col.get` over the whole collection in pages: one unbounded get of more than about
+        32,000 records fails inside Chroma ("too many SQL variables")."""
+        offset = 0
+        while True:
+            page = self.col.get(where=where, include=include, limit=GET_PAGE, offset=offset)
+            if not page["ids"]:
+                return
+            yield page
+            offset += len(page["ids"])
+
+    def _get_all(self, include: list[str]) -> dict[str, list[Any]]:
+        """Every record of the collection (ids and `include`), gathered page by page."""
+        got: dict[str, list[Any]] = {"ids": [], **{name: [] for name in include}}
+        for page in self._pages(include):
+            for name in got:
+                got[name].extend(page[name])
+        return got
 
     def chunk_states(self, paper_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """Metadata (with `id`) of every stored chunk of these papers, by paper id."""
@@ -393,7 +415,7 @@ class Store:
             return None
         with self._table_lock:
             if self._table is None or self._table.stamp != stamp:
-                got = self.col.get(include=["embeddings", "documents", "metadatas"])
+                got = self._get_all(["embeddings", "documents", "metadatas"])
                 dim = 0 if self._table is None else self._table.matrix.shape[1]
                 self._table = ChunkTable.build(stamp, got, dim)
             return self._table
@@ -474,7 +496,7 @@ class Store:
         table = self.table()
         if table is not None:
             return [table.hit(r) for r in range(len(table.ids))]
-        res = self.col.get(include=["documents", "metadatas"])
+        res = self._get_all(["documents", "metadatas"])
         return [
             Hit(cid, 0.0, doc, meta)
             for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"], strict=True)

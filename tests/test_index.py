@@ -204,3 +204,28 @@ def test_unchanged_reingest_keeps_the_store_generation(settings: Settings) -> No
     assert Store(settings, embedder.name).stamp() == before
     ingest_papers([make_paper("New", "A new abstract about graphs. " * 3)], settings, embedder)
     assert Store(settings, embedder.name).stamp() > before
+
+
+def test_whole_collection_reads_go_page_by_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chroma fails one unbounded read of more than ~32k records, so whole-collection reads
+    (paper count, the in-memory table, the BM25 build) are paged; tested with tiny pages."""
+    import rag.index
+    from rag.retrieve import BM25Retriever
+
+    settings = Settings(index_dir=tmp_path / "ix")
+    embedder = HashEmbedder()
+    papers = [
+        make_paper(f"Paper number {i}", f"Abstract {i} about topic{i} " * 3) for i in range(23)
+    ]
+    ingest_papers(papers, settings, embedder)
+    monkeypatch.setattr(rag.index, "GET_PAGE", 5)
+    store = Store(settings, embedder.name)
+    assert store.paper_count() == 23
+    table = store.table()
+    assert table is not None and len(table.ids) == store.count() == len(set(table.ids))
+    chroma_only = Store(settings.model_copy(update={"exact_search_max": 0}), embedder.name)
+    assert chroma_only.table() is None
+    assert sorted(h.chunk_id for h in chroma_only.all_chunks()) == table.ids
+    assert BM25Retriever(chroma_only).rank("topic17", 1)[0][0] == papers[17].paper_id
