@@ -49,9 +49,12 @@ def main() -> None:
         from rag.settings import Settings
 
         questions = [json.loads(line)["question"] for line in args.questions.open()]
+        import rag.embed
+
         for mode in ("dense", "bm25", "hybrid"):
             retriever = get_retriever(Settings(index_dir=Path(tmp)), mode=mode)
             retriever.search("warm-up", 10)
+            rag.embed._CACHE = rag.embed.VectorCache()  # every mode embeds its queries itself
             times = []
             for q in questions:
                 start = time.perf_counter()
