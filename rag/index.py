@@ -238,11 +238,20 @@ class Store:
         self._local = threading.local()
         self._table_lock = threading.Lock()
 
+    @property
+    def location(self) -> str:
+        """Where the collection lives, for messages: a server URL or the local directory."""
+        if self.settings.chroma_host:
+            return f"the Chroma server at {self.settings.chroma_url()}"
+        return str(self.settings.index_dir)
+
     @cached_property
     def client(self) -> Any:
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
+        if self.settings.chroma_host:
+            return self._http_client(chromadb, ChromaSettings)
         database = self.path / "chroma.sqlite3"
         if _foreign_database(database):
             # Chroma would add its tables to any SQLite file it is pointed at: refuse instead.
@@ -260,9 +269,33 @@ class Store:
                 "move it aside and run `rag ingest` to rebuild it"
             ) from None
 
+    def _http_client(self, chromadb: Any, chroma_settings: Any) -> Any:
+        """A client of a Chroma server (`chroma run`, or a team's deployment): the same API as
+        the embedded store, so every other method serves both."""
+        options: dict[str, Any] = {"anonymized_telemetry": False}
+        token = self.settings.chroma_auth_token
+        if token is not None:
+            options["chroma_client_auth_provider"] = (
+                "chromadb.auth.token_authn.TokenAuthClientProvider"
+            )
+            options["chroma_client_auth_credentials"] = token.get_secret_value()
+        try:
+            return chromadb.HttpClient(
+                host=self.settings.chroma_host,
+                port=self.settings.chroma_port,
+                ssl=self.settings.chroma_ssl,
+                settings=chroma_settings(**options),
+            )
+        except Exception as exc:  # ValueError when down; auth and HTTP errors vary by version
+            raise RagError(
+                f"cannot reach the Chroma server at {self.settings.chroma_url()} "
+                f"({_one_line(exc)}); start it (`chroma run --path DIR --port "
+                f"{self.settings.chroma_port}`) or unset RAG_CHROMA_HOST to use {self.path}"
+            ) from None
+
     def exists(self) -> bool:
         """True when the collection exists (creates nothing)."""
-        if not (self.path / "chroma.sqlite3").exists():
+        if not self.settings.chroma_host and not (self.path / "chroma.sqlite3").exists():
             return False
         return self.settings.collection in {c.name for c in self.client.list_collections()}
 
@@ -289,12 +322,12 @@ class Store:
     def col(self) -> Any:
         name = self.settings.collection
         if not self.exists():
-            raise RagError(f"no index at {self.settings.index_dir}: run `rag ingest` first")
+            raise RagError(f"no index at {self.location}: run `rag ingest` first")
         col = self.client.get_collection(name, embedding_function=None)
         meta = col.metadata or {}
         if meta.get(SCHEMA_KEY) != SCHEMA_VERSION:
             raise IndexMismatchError(
-                f"collection {name!r} in {self.settings.index_dir} was not built by this tool "
+                f"collection {name!r} in {self.location} was not built by this tool "
                 "(or by an incompatible version); point RAG_INDEX_DIR at a new directory and "
                 "run `rag ingest` to build a fresh index"
             )
@@ -501,6 +534,11 @@ class Store:
             Hit(cid, 0.0, doc, meta)
             for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"], strict=True)
         ]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _index(ids: list[str], wanted: str) -> int | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +35,19 @@ class Settings(BaseSettings):
         description="The bundled corpus: `rag ingest` with no path reads every file here.",
     )
     collection: str = Field(default="papers", description="Name of the Chroma collection.")
+    chroma_host: str | None = Field(
+        default=None,
+        description=(
+            "Host of a Chroma server (`chroma run`): when set, every command uses that server "
+            "instead of the embedded store under index_dir (which then keeps only side files: "
+            "the BM25 cache and the ingest lock)."
+        ),
+    )
+    chroma_port: int = Field(default=8000, ge=1, le=65535, description="Port of the server.")
+    chroma_auth_token: SecretStr | None = Field(
+        default=None, description="Token for a Chroma server that requires one."
+    )
+    chroma_ssl: bool = Field(default=False, description="Reach the Chroma server over HTTPS.")
 
     # --- embeddings and chunking -----------------------------------------------------------
     embed_model: str = Field(
@@ -158,6 +171,16 @@ class Settings(BaseSettings):
         if not (user and sep and password):
             raise ValueError("expected user:password")
         return value
+
+    def chroma_url(self) -> str:
+        return f"{'https' if self.chroma_ssl else 'http'}://{self.chroma_host}:{self.chroma_port}"
+
+    @field_validator("chroma_host", "chroma_auth_token")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return value if value.get_secret_value() else None
+        return value or None
 
     def ui_credentials(self) -> tuple[str, str] | None:
         if self.ui_auth is None:

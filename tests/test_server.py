@@ -1,0 +1,136 @@
+"""Chroma client/server mode: a real `chroma run` server on a free loopback port, driven through
+the `rag` command exactly as the embedded store is."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_rag
+
+CHROMA = Path(sys.executable).parent / "chroma"
+FILLER = (
+    "The method is evaluated on standard benchmarks against strong baselines, and the "
+    "results show consistent gains across settings, with an analysis of where it helps most."
+)
+FIRST_PAGE = f"""Subscribe
+May 8
+Photonic Crystal Lasers for Quantum Dot Emission
+We study photonic crystal cavities that enhance quantum dot emission at room temperature. {FILLER}
+Gradient Clipping Stabilises Deep Reinforcement Learning
+We show that clipping gradients stabilises the training of deep reinforcement learning agents. {FILLER}
+"""
+SECOND_PAGE = f"""May 9
+Coral Reef Bleaching Forecasts from Satellite Data
+We forecast coral reef bleaching events from satellite sea surface temperature records. {FILLER}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(path: Path, port: int) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        [str(CHROMA), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+            return server
+        except OSError:
+            if server.poll() is not None:
+                raise RuntimeError("chroma run exited") from None
+            time.sleep(0.2)
+    server.kill()
+    raise RuntimeError("chroma run did not start")
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    if not CHROMA.exists():
+        pytest.skip("the chroma command is not installed")
+    port = free_port()
+    server = start_server(tmp_path / "server-data", port)
+    yield server, port
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_ingest_search_ask_and_reingest_against_a_chroma_server(
+    chroma_server: tuple[subprocess.Popen[bytes], int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, port = chroma_server
+    side = tmp_path / "side"
+    monkeypatch.setenv("RAG_INDEX_DIR", str(side))
+    monkeypatch.setenv("RAG_CHROMA_HOST", "127.0.0.1")
+    monkeypatch.setenv("RAG_CHROMA_PORT", str(port))
+    first = tmp_path / "first.txt"
+    first.write_text(FIRST_PAGE, encoding="utf-8")
+    second = tmp_path / "second.txt"
+    second.write_text(SECOND_PAGE, encoding="utf-8")
+
+    done = run_rag("ingest", str(first))
+    assert done.returncode == 0, done.stderr
+    assert "2 added" in done.stdout and "2 papers in the index" in done.stdout
+    assert not (side / "chroma" / "chroma.sqlite3").exists()  # the vectors live on the server
+    assert (tmp_path / "server-data" / "chroma.sqlite3").exists()
+
+    found = run_rag("search", "quantum dot light emission in cavities", "--json", "-k", "2")
+    assert found.returncode == 0, found.stderr
+    titles = [r["title"] for r in json.loads(found.stdout)["results"]]
+    assert titles[0] == "Photonic Crystal Lasers for Quantum Dot Emission"
+
+    asked = run_rag(
+        "ask", "Does gradient clipping stabilise deep RL training?", "--no-llm", "--json"
+    )
+    assert asked.returncode == 0, asked.stderr
+    cited = [c["title"] for c in json.loads(asked.stdout)["citations"]]
+    assert cited == ["Gradient Clipping Stabilises Deep Reinforcement Learning"]
+
+    again = run_rag("ingest", str(first), str(second))
+    assert again.returncode == 0, again.stderr
+    assert "1 added, 0 updated, 2 unchanged" in again.stdout
+    assert "1 chunks embedded" in again.stdout and "3 papers in the index" in again.stdout
+    coral = run_rag("search", "bleaching of reefs seen from space", "--json", "-k", "1")
+    assert json.loads(coral.stdout)["results"][0]["title"].startswith("Coral Reef Bleaching")
+
+    # The server goes down: one line naming it, exit 1, no traceback.
+    server.terminate()
+    server.wait(timeout=30)
+    down = run_rag("search", "quantum dots", "--json")
+    assert down.returncode == 1
+    lines = down.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in down.stderr
+    assert f"cannot reach the Chroma server at http://127.0.0.1:{port}" in lines[0]
+
+
+def test_a_server_that_is_not_running_is_one_line_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("RAG_INDEX_DIR", str(tmp_path / "side"))
+    monkeypatch.setenv("RAG_CHROMA_HOST", "127.0.0.1")
+    monkeypatch.setenv("RAG_CHROMA_PORT", str(port))
+    page = tmp_path / "page.txt"
+    page.write_text(FIRST_PAGE, encoding="utf-8")
+    for args in (("ingest", str(page)), ("search", "lasers"), ("ask", "lasers?", "--no-llm")):
+        proc = run_rag(*args)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert f"cannot reach the Chroma server at http://127.0.0.1:{port}" in proc.stderr
