@@ -318,7 +318,7 @@ def parse_jsonl_lines(
     number = 0
     for _, physical in lines:
         # \r, \v, \f and the separators below end a record too, as `str.splitlines` would.
-        for raw in JSONL_LINE_BREAK.split(physical):
+        for raw in JSONL_LINE_BREAK.split(_without_line_end(physical)):
             number += 1
             if not raw.strip():
                 continue
@@ -334,7 +334,14 @@ def parse_jsonl_lines(
                 yield Problem(where, number, "expected a JSON object with title and text fields")
                 continue
             yield _record_to_paper(record, where, number, fields, source)
-        number -= 1 if physical.endswith(("\n", "\r")) else 0  # the split's last, empty piece
+
+
+def _without_line_end(line: str) -> str:
+    """`line` without its one line ending (\r\n, \n or \r), if it has one."""
+    for end in ("\r\n", "\n", "\r"):
+        if line.endswith(end):
+            return line[: -len(end)]
+    return line
 
 
 def parse_csv(

@@ -244,8 +244,8 @@ class MiniLMEmbedder:
         return self._encode(batch_ids, self._weights)
 
     def _encode(self, batch_ids: list[list[int]], w: dict[str, np.ndarray]) -> np.ndarray:
-        size, length = len(batch_ids), max(len(ids) for ids in batch_ids)
         ids, int_mask = _padded(batch_ids)
+        size, length = ids.shape
         mask = int_mask.astype(np.float32)
         x = w["word"][ids] + w["pos"][:length] + w["type"]
         x = _layer_norm(x, w["ln_g"], w["ln_b"], self.eps).reshape(size * length, self.hidden)

@@ -97,7 +97,7 @@ class ChunkTable:
     """Paper id -> its rows, in chunk order."""
 
     @classmethod
-    def build(cls, stamp: tuple[int, int], got: dict[str, Any], dim: int) -> ChunkTable:
+    def build(cls, stamp: tuple[int, int], got: dict[str, Any]) -> ChunkTable:
         order = sorted(range(len(got["ids"])), key=got["ids"].__getitem__)
         ids = [got["ids"][i] for i in order]
         docs = [got["documents"][i] for i in order]
@@ -105,7 +105,7 @@ class ChunkTable:
         matrix = (
             np.asarray(got["embeddings"], dtype=np.float32)[order]
             if order
-            else np.zeros((0, dim), dtype=np.float32)
+            else np.zeros((0, 0), dtype=np.float32)
         )
         rows_of: dict[str, list[int]] = {}
         for row, meta in enumerate(metas):
@@ -449,8 +449,7 @@ class Store:
         with self._table_lock:
             if self._table is None or self._table.stamp != stamp:
                 got = self._get_all(["embeddings", "documents", "metadatas"])
-                dim = 0 if self._table is None else self._table.matrix.shape[1]
-                self._table = ChunkTable.build(stamp, got, dim)
+                self._table = ChunkTable.build(stamp, got)
             return self._table
 
     def bump_generation(self) -> None:

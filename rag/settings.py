@@ -157,9 +157,11 @@ class Settings(BaseSettings):
         "127.0.0.1 unless `rag serve --host` says otherwise).",
     )
 
-    @field_validator("openai_base_url")
+    @field_validator("openai_base_url", "chroma_host", "chroma_auth_token")
     @classmethod
-    def _blank_is_none(cls, value: str | None) -> str | None:
+    def _blank_is_none(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return value if value.get_secret_value() else None
         return value or None
 
     @field_validator("ui_auth")
@@ -174,13 +176,6 @@ class Settings(BaseSettings):
 
     def chroma_url(self) -> str:
         return f"{'https' if self.chroma_ssl else 'http'}://{self.chroma_host}:{self.chroma_port}"
-
-    @field_validator("chroma_host", "chroma_auth_token")
-    @classmethod
-    def _blank_is_unset(cls, value: Any) -> Any:
-        if isinstance(value, SecretStr):
-            return value if value.get_secret_value() else None
-        return value or None
 
     def ui_credentials(self) -> tuple[str, str] | None:
         if self.ui_auth is None:

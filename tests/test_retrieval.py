@@ -135,7 +135,7 @@ def test_chunk_table_breaks_ties_by_chunk_id() -> None:
         "metadatas": [{"paper_id": p, "chunk": 0} for p in "cabd"],
         "embeddings": [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]],
     }
-    table = ChunkTable.build((1, 4), got, 2)
+    table = ChunkTable.build((1, 4), got)
     assert [h.chunk_id for h in table.nearest(np.array([1.0, 0.0]), 3)] == ["a", "c", "d"]
     assert [h.chunk_id for h in table.nearest(np.array([1.0, 0.0]), 10)] == ["a", "c", "d", "b"]
     assert table.rows_of["b"] == [1]
