@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rag import prompts
+from rag.corpus import SENTENCE_END
 from rag.embed import embed_cached
 from rag.errors import InputError, LLMInterrupted
 
@@ -35,7 +36,6 @@ MAX_QUESTION_CHARS = 2000
 EXTRACTIVE_PAPERS = 3
 EXTRACTIVE_MARGIN = 0.12  # papers this far below the best one are not quoted
 CITATION = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[\"'])")
 
 
 @dataclass

@@ -114,6 +114,17 @@ class Fields:
         return (self.id,) if self.id else ("_id", "id", "paper_id")
 
 
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[\"'])")
+"""Where one sentence of an abstract ends and the next begins (the space between them)."""
+
+
+def sentence_spans(text: str) -> list[str]:
+    """`text` cut into sentences, each keeping the space that follows it: the pieces join back
+    into `text` exactly (what llama-index's splitter expects of a sentence tokenizer)."""
+    cuts = [0, *(m.end() for m in SENTENCE_END.finditer(text)), len(text)]
+    return [text[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if a < b]
+
+
 def clean_text(text: str) -> str:
     """Normalise Unicode (NFC), drop control characters and collapse whitespace."""
     text = unicodedata.normalize("NFC", text)

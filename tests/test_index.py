@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from rag.corpus import Listing, Paper, iter_file, merge_papers
+from rag.corpus import Listing, Paper, iter_file, merge_papers, sentence_spans
 from rag.errors import IndexMismatchError, RagError
 from rag.index import Chunker, Store, ingest_lock, ingest_papers
 from rag.settings import Settings
@@ -157,6 +159,31 @@ def test_chunks_fit_the_minilm_window_with_their_title(bundled_corpus: Path) -> 
         assert chunks[0][:40] == paper.abstract[:40] and paper.abstract.endswith(chunks[-1][-40:])
     assert longest <= 254
     assert split_papers > 100  # most abstracts exceed the window: splitting really happens
+
+
+def test_sentence_spans_cut_at_sentence_ends_and_join_back_exactly() -> None:
+    text = "We train a model. It works (mostly).  3 tasks improve! Results e.g. on (a) hold."
+    spans = sentence_spans(text)
+    assert "".join(spans) == text
+    assert spans == ["We train a model. ", "It works (mostly).  ", "3 tasks improve! ",
+                     "Results e.g. on (a) hold."]  # fmt: skip
+    assert sentence_spans("") == [] and sentence_spans("no end") == ["no end"]
+
+
+def test_chunking_cuts_between_sentences_without_loading_nltk() -> None:
+    """NLTK (and SciPy under it) cost 1.6 s of every ingest; abstracts need only a regex."""
+    code = (
+        "import sys\n"
+        "from rag.index import Chunker\n"
+        "from tests.helpers import make_paper\n"
+        "words = lambda t: len(t.split())\n"
+        "text = ' '.join(f'Sentence number {i} says something new.' for i in range(40))\n"
+        "chunks = Chunker(words, 60, 8).split(make_paper('T', text, 'a.txt'))\n"
+        "assert len(chunks) > 3, chunks\n"
+        "assert all(c.rstrip().endswith('.') for c in chunks), chunks\n"
+        "assert 'nltk' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
 def test_listing_metadata_round_trip(settings: Settings) -> None:
