@@ -21,6 +21,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from rag.errors import InputError
@@ -122,7 +123,7 @@ def sentence_spans(text: str) -> list[str]:
     """`text` cut into sentences, each keeping the space that follows it: the pieces join back
     into `text` exactly (what llama-index's splitter expects of a sentence tokenizer)."""
     cuts = [0, *(m.end() for m in SENTENCE_END.finditer(text)), len(text)]
-    return [text[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if a < b]
+    return [text[a:b] for a, b in pairwise(cuts) if a < b]
 
 
 def clean_text(text: str) -> str:
