@@ -55,6 +55,8 @@ class Source:
     """The sentence of the abstract closest to the question (set by `weigh_evidence`)."""
     evidence: float | None = None
     """Cosine similarity of `quote` to the question."""
+    url: str = ""
+    """Where the paper can be read (arXiv abstract page, else a Hugging Face Papers search)."""
 
     @property
     def body(self) -> str:
@@ -83,13 +85,15 @@ class Answer:
             "answer": self.answer,
             "mode": self.mode,
             "citations": [
-                {"n": s.n, "paper_id": s.paper_id, "title": s.title} for s in self.citations
+                {"n": s.n, "paper_id": s.paper_id, "title": s.title, "url": s.url}
+                for s in self.citations
             ],
             "sources": [
                 {
                     "n": s.n,
                     "paper_id": s.paper_id,
                     "title": s.title,
+                    "url": s.url,
                     "snippet": s.snippet,
                     "quote": s.quote,
                     "evidence": None if s.evidence is None else round(s.evidence, 4),
@@ -116,7 +120,7 @@ def is_refusal(text: str) -> bool:
 
 def number_sources(papers: Sequence[PaperHit]) -> list[Source]:
     return [
-        Source(i, p.paper_id, p.title, p.snippet, p.relevance, list(p.dates), p.text)
+        Source(i, p.paper_id, p.title, p.snippet, p.relevance, list(p.dates), p.text, url=p.url)
         for i, p in enumerate(papers, start=1)
     ]
 

@@ -3,19 +3,20 @@ explicitly, and collaborators (retriever, LLM, embedder) that callers may swap."
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rag.corpus import Fields, Paper, Problem, expand_paths, iter_file
+from rag.corpus import Fields, FilePosition, Paper, Problem, detect_format, expand_paths, iter_file
 from rag.errors import InputError
 
 if TYPE_CHECKING:
     from rag.answer import Answer
     from rag.conversation import Turn
     from rag.embed import Embedder
-    from rag.index import IngestReport
+    from rag.index import Checkpoints, Filter, IngestReport
     from rag.llm import LLM
     from rag.retrieve import PaperHit, Retriever
     from rag.settings import Settings
@@ -24,17 +25,60 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _read_all(files: Sequence[Path], fields: Fields, errors: list[str]) -> Iterator[Paper]:
-    """Papers of every file; a bad file or record is recorded in `errors` and skipped."""
-    for path in files:
-        try:
-            for item in iter_file(path, fields):
-                if isinstance(item, Problem):
-                    errors.append(str(item))
-                else:
-                    yield item
-        except InputError as exc:
-            errors.append(str(exc))
+class _Reader:
+    """The papers of a list of files, read one after the other; bad files and records go to
+    the report's errors, records the filter leaves out are counted, and each JSON Lines file
+    resumes from its checkpoint and is checkpointed as batches are written."""
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        fields: Fields,
+        fmt: str | None,
+        keep: Filter | None,
+        checkpoints: Checkpoints,
+        report: IngestReport,
+    ) -> None:
+        self.files, self.fields, self.fmt, self.keep = files, fields, fmt, keep
+        self.checkpoints, self.report = checkpoints, report
+        self.reading: dict[str, FilePosition] = {}  # checkpoint key -> place in the file
+        self.finished: list[str] = []
+
+    def papers(self) -> Iterator[Paper]:
+        for path in self.files:
+            try:
+                yield from self._file(path)
+            except InputError as exc:
+                self.report.errors.append(str(exc))
+
+    def _file(self, path: Path) -> Iterator[Paper]:
+        fmt = self.fmt or detect_format(path)
+        key, position = "", None
+        if fmt in ("jsonl", "arxiv") and path.is_file():
+            key = self.checkpoints.key(path, json.dumps([fmt, list(vars(self.fields).values()),
+                                                         repr(self.keep)]))  # fmt: skip
+            position = self.checkpoints.load(key) or FilePosition()
+            if position.line:
+                self.report.resumed.append(f"{path}: from line {position.line + 1}")
+            self.reading[key] = position
+        for item in iter_file(path, self.fields, fmt, position):
+            if isinstance(item, Problem):
+                self.report.errors.append(str(item))
+            elif self.keep and not self.keep.admits(item):
+                self.report.papers_filtered += 1
+            else:
+                yield item
+        if key:
+            self.finished.append(key)
+
+    def batch_written(self) -> None:
+        """Everything read so far is in the index: move the checkpoints up."""
+        for key in self.finished:
+            self.checkpoints.done(key)
+            self.reading.pop(key, None)
+        self.finished.clear()
+        for key, position in self.reading.items():
+            self.checkpoints.save(key, position)
 
 
 def ingest(
@@ -43,22 +87,32 @@ def ingest(
     fields: Fields | None = None,
     embedder: Embedder | None = None,
     progress: bool = False,
+    fmt: str | None = None,
+    keep: Filter | None = None,
 ) -> IngestReport:
-    """Add the papers of `paths` (default: the bundled corpus) to the index, incrementally."""
-    fields = fields or Fields()
-    from rag.embed import get_embedder
-    from rag.index import ingest_papers
+    """Add the papers of `paths` (default: the bundled corpus) to the index, incrementally.
 
-    errors: list[str] = []
+    `fmt` reads every file in that format (default: detected per file); `keep` leaves out the
+    papers it does not admit. An interrupted ingest of a JSON Lines file resumes where its
+    last written batch ended.
+    """
+    from rag.embed import get_embedder
+    from rag.index import Checkpoints, IngestReport, ingest_papers
+
+    report = IngestReport()
     try:
         files = expand_paths(list(paths) if paths else [settings.corpus_dir])
     except InputError as exc:
-        errors.append(str(exc))
+        report.errors.append(str(exc))
         files = []
     embedder = embedder or get_embedder(settings)
-    report = ingest_papers(_read_all(files, fields, errors), settings, embedder, progress=progress)
-    report.errors = errors
-    return report
+    reader = _Reader(files, fields or Fields(), fmt, keep, Checkpoints(settings), report)
+    done = ingest_papers(
+        reader.papers(), settings, embedder, progress=progress, on_batch=reader.batch_written
+    )
+    done.errors, done.papers_filtered = report.errors, report.papers_filtered
+    done.resumed = report.resumed
+    return done
 
 
 def ensure_index(settings: Settings, embedder: Embedder, progress: bool = False) -> None:
@@ -75,8 +129,9 @@ def search(
     settings: Settings,
     k: int | None = None,
     retriever: Retriever | None = None,
+    filters: Filter | None = None,
 ) -> list[PaperHit]:
-    """The best papers for `query`, best first."""
+    """The best papers for `query`, best first (only papers that `filters` admits)."""
     from rag.answer import clean_question
     from rag.embed import get_embedder
     from rag.retrieve import get_retriever
@@ -86,6 +141,8 @@ def search(
         embedder = get_embedder(settings)
         ensure_index(settings, embedder)
         retriever = get_retriever(settings, embedder)
+    if filters:
+        retriever = retriever.restricted(filters)
     return retriever.search(query, k or settings.top_k)
 
 
@@ -98,9 +155,11 @@ def ask(
     retriever: Retriever | None = None,
     embedder: Embedder | None = None,
     on_token: Callable[[str], None] | None = None,
+    filters: Filter | None = None,
 ) -> Answer:
-    """A cited answer to `question`: from the LLM when one is configured, else extractive."""
-    answer, _ = chat(question, [], settings, k, no_llm, llm, retriever, embedder, on_token)
+    """A cited answer to `question`: from the LLM when one is configured, else extractive.
+    Only papers that `filters` admits are retrieved, and so cited."""
+    answer, _ = chat(question, [], settings, k, no_llm, llm, retriever, embedder, on_token, filters)
     return answer
 
 
@@ -114,6 +173,7 @@ def chat(
     retriever: Retriever | None = None,
     embedder: Embedder | None = None,
     on_token: Callable[[str], None] | None = None,
+    filters: Filter | None = None,
 ) -> tuple[Answer, Turn]:
     """One chat turn: `message` read in the light of `history` (oldest first), answered with
     citations; returns the answer and the turn to append to the history."""
@@ -122,7 +182,7 @@ def chat(
 
     question = clean_question(message)
     k = k or settings.top_k
-    retriever, embedder, llm = _collaborators(settings, no_llm, llm, retriever, embedder)
+    retriever, embedder, llm = _collaborators(settings, no_llm, llm, retriever, embedder, filters)
     standalone = condense(question, history, llm)
     papers = retriever.search(standalone, k)
     pins = [] if llm is not None else pinned_papers(question, history)
@@ -145,13 +205,14 @@ def summarize(
     retriever: Retriever | None = None,
     embedder: Embedder | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    filters: Filter | None = None,
 ) -> Summary:
-    """A cited overview of what the collection says about `topic`."""
+    """A cited overview of what the collection (the part `filters` admits) says about `topic`."""
     from rag.answer import clean_question
     from rag.summarize import summarize_topic
 
     topic = clean_question(topic)
-    retriever, embedder, llm = _collaborators(settings, no_llm, llm, retriever, embedder)
+    retriever, embedder, llm = _collaborators(settings, no_llm, llm, retriever, embedder, filters)
     return summarize_topic(topic, settings, retriever, embedder, llm, max_papers, on_progress)
 
 
@@ -162,13 +223,15 @@ def summarize_paper(
     llm: LLM | None = None,
     retriever: Retriever | None = None,
     embedder: Embedder | None = None,
+    filters: Filter | None = None,
 ) -> Summary:
-    """A cited summary of one paper, named by id or (close) title."""
+    """A cited summary of one paper, named by id or (close) title, among those `filters`
+    admits."""
     from rag.answer import clean_question
     from rag.summarize import summarize_paper as summarize_one
 
     query = clean_question(query)
-    retriever, _, llm = _collaborators(settings, no_llm, llm, retriever, embedder)
+    retriever, _, llm = _collaborators(settings, no_llm, llm, retriever, embedder, filters)
     return summarize_one(query, settings, retriever, llm)
 
 
@@ -178,8 +241,10 @@ def _collaborators(
     llm: LLM | None,
     retriever: Retriever | None,
     embedder: Embedder | None,
+    filters: Filter | None = None,
 ) -> tuple[Retriever, Embedder, LLM | None]:
-    """The retriever, embedder and LLM a call uses: the given ones, else the configured ones."""
+    """The retriever (restricted to `filters`), embedder and LLM a call uses: the given ones,
+    else the configured ones."""
     from rag.embed import get_embedder
     from rag.retrieve import get_retriever
 
@@ -187,6 +252,8 @@ def _collaborators(
     if retriever is None:
         ensure_index(settings, embedder)
         retriever = get_retriever(settings, embedder)
+    if filters:
+        retriever = retriever.restricted(filters)
     return retriever, embedder, configured_llm(settings, no_llm, llm)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -12,6 +13,7 @@ import click
 
 if TYPE_CHECKING:
     from rag.answer import Answer
+    from rag.index import Filter
     from rag.settings import Settings
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -53,6 +55,57 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def _iso_date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    from rag.errors import InputError
+    from rag.index import Filter
+
+    try:
+        return Filter.from_text(since=value).since
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _names(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Repeated options, each of which may also hold several names ("cs.LG cs.CL")."""
+    return tuple(dict.fromkeys(n for v in values for n in v.replace(",", " ").split()))
+
+
+def filter_options(ingest: bool = False) -> Any:
+    """--since and --category (and --source, at query time), handed to the command as one
+    `filters` argument (a `rag.index.Filter`)."""
+    doing = "Keep" if ingest else "Search"
+    options = [
+        click.option("--since", callback=_iso_date, metavar="YYYY-MM-DD",
+                      help=f"{doing} only papers dated on or after this day (arXiv update_date;"
+                      " papers without a dated version are left out)."),
+        click.option("--category", "categories", multiple=True, callback=_names,
+                     help=f"{doing} only papers in this arXiv category, e.g. cs.LG (repeat for"
+                     " any of several)."),
+    ]  # fmt: skip
+    if not ingest:
+        options.append(
+            click.option("--source", "sources", multiple=True, callback=_names,
+                         help="Search only papers read from this file, e.g. papers.jsonl"
+                         " (repeat for any of several)."),
+        )  # fmt: skip
+
+    def decorate(command: Any) -> Any:
+        @functools.wraps(command)  # with the options already attached to `command`
+        def wrapper(*args: Any, since: str | None, categories: tuple[str, ...],
+                    sources: tuple[str, ...] = (), **kwargs: Any) -> Any:  # fmt: skip
+            from rag.index import Filter
+
+            return command(*args, filters=Filter(since, categories, sources), **kwargs)
+
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
+
+
 @click.group(cls=RagGroup, context_settings=CONTEXT)
 @click.version_option(package_name="rag", prog_name="rag")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (to stderr).")
@@ -78,20 +131,31 @@ def main(verbose: bool) -> None:
     "--id-field",
     help="JSONL/CSV field holding a paper id (default: _id or id, else derived from the title).",
 )
+@click.option(
+    "--format", "fmt", type=click.Choice(["auto", "listing", "jsonl", "csv", "arxiv"]),
+    default="auto", show_default=True,
+    help="How to read the files (auto: by suffix; JSON Lines with arXiv's fields is arxiv).",
+)  # fmt: skip
+@filter_options(ingest=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def ingest(
     paths: tuple[Path, ...],
     title_field: str | None,
     text_field: str | None,
     id_field: str | None,
+    fmt: str,
+    filters: Filter,
     as_json: bool,
 ) -> None:
     """Add papers to the index (default: the bundled corpus). Unchanged papers are skipped.
 
     \b
-    Reads Daily Papers listing pages (.txt), JSON Lines (.jsonl) and CSV (.csv).
-    Example:
+    Reads Daily Papers listing pages (.txt), JSON Lines (.jsonl), CSV (.csv) and the arXiv
+    metadata snapshot (streamed: any size). An interrupted ingest of a JSON Lines file
+    continues where it stopped when run again.
+    Examples:
       rag ingest my_papers.jsonl --title-field title --text-field text
+      rag ingest arxiv-metadata-oai-snapshot.json --category cs.LG --since 2024-01-01
     """
     from dataclasses import asdict
 
@@ -100,13 +164,20 @@ def ingest(
 
     settings = load_settings()
     fields = Fields(title_field, text_field, id_field)
-    report = api.ingest(list(paths), settings, fields, progress=sys.stderr.isatty())
+    report = api.ingest(
+        list(paths), settings, fields, progress=sys.stderr.isatty(),
+        fmt=None if fmt == "auto" else fmt, keep=filters or None,
+    )  # fmt: skip
     nothing_read = report.papers_read == 0 and bool(report.errors)
     if as_json:
         emit_json(asdict(report))
     elif not nothing_read:
         for error in report.errors:
             click.echo(f"rag: warning: {error}", err=True)
+        for resumed in report.resumed:
+            click.echo(f"rag: resumed {resumed} (where the last ingest stopped)", err=True)
+        if report.papers_filtered:
+            click.echo(f"{report.papers_filtered} papers left out ({filters.describe()})")
         click.echo(
             f"{report.papers_read} papers read: {report.papers_added} added, "
             f"{report.papers_updated} updated, {report.papers_unchanged} unchanged; "
@@ -121,8 +192,9 @@ def ingest(
 @main.command(context_settings=CONTEXT)
 @click.argument("query")
 @click.option("-k", "--k", "k", type=click.IntRange(1, 100), help="Number of papers (default 5).")
+@filter_options()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def search(query: str, k: int | None, as_json: bool) -> None:
+def search(query: str, k: int | None, filters: Filter, as_json: bool) -> None:
     """Find the papers that best match QUERY.
 
     \b
@@ -131,13 +203,14 @@ def search(query: str, k: int | None, as_json: bool) -> None:
     """
     from rag import api
 
-    papers = api.search(query, load_settings(), k)
+    papers = api.search(query, load_settings(), k, filters=filters)
     if as_json:
         results = [{"rank": i, **p.to_json()} for i, p in enumerate(papers, start=1)]
         emit_json({"query": query, "results": results})
         return
     for i, paper in enumerate(papers, start=1):
         click.echo(f"{i:>2}. {paper.title}  ({paper.score:.3f})")
+        click.echo(f"    {paper.url}")
         click.echo(f"    {paper.snippet[:200]}...")
 
 
@@ -148,8 +221,11 @@ def search(query: str, k: int | None, as_json: bool) -> None:
 )
 @click.option("--no-llm", is_flag=True, help="Answer extractively, without the LLM.")
 @click.option("--model", help="Chat model name (overrides RAG_LLM_MODEL).")
+@filter_options()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def ask(question: str, k: int | None, no_llm: bool, model: str | None, as_json: bool) -> None:
+def ask(
+    question: str, k: int | None, no_llm: bool, model: str | None, filters: Filter, as_json: bool
+) -> None:
     """Answer QUESTION from the collection, citing the papers used.
 
     \b
@@ -166,7 +242,9 @@ def ask(question: str, k: int | None, no_llm: bool, model: str | None, as_json: 
         click.echo(token, nl=False)
 
     live = not as_json and sys.stdout.isatty()
-    answer = api.ask(question, settings, k, no_llm=no_llm, on_token=show if live else None)
+    answer = api.ask(
+        question, settings, k, no_llm=no_llm, on_token=show if live else None, filters=filters
+    )
     if as_json:
         emit_json(answer.to_json())
     else:
@@ -183,7 +261,7 @@ def print_answer(answer: Answer, streamed: bool) -> None:
         click.echo("\nSources:")
         for source in answer.citations:
             when = f" ({', '.join(source.dates)})" if source.dates else ""
-            click.echo(f"  [{source.n}] {source.title}{when}")
+            click.echo(f"  [{source.n}] {source.title}{when}  {source.url}")
     if answer.dropped_citations:
         numbers = ", ".join(f"[{n}]" for n in answer.dropped_citations)
         click.echo(f"\nDropped citations (not among the sources): {numbers}", err=True)
@@ -303,6 +381,7 @@ def serve(host: str, port: int) -> None:
 )  # fmt: skip
 @click.option("--no-llm", is_flag=True, help="Extractive summary, without the LLM.")
 @click.option("--model", help="Chat model name (overrides RAG_LLM_MODEL).")
+@filter_options()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def summarize(
     topic: str | None,
@@ -310,6 +389,7 @@ def summarize(
     max_papers: int,
     no_llm: bool,
     model: str | None,
+    filters: Filter,
     as_json: bool,
 ) -> None:
     """Summarise what the collection says about TOPIC, citing every finding.
@@ -325,7 +405,7 @@ def summarize(
         raise click.UsageError("give a TOPIC or --paper TITLE (one of them)")
     settings = load_settings(llm_model=model)
     if paper is not None:
-        summary = api.summarize_paper(paper, settings, no_llm=no_llm)
+        summary = api.summarize_paper(paper, settings, no_llm=no_llm, filters=filters)
     else:
         bar = None
         if sys.stderr.isatty() and not no_llm and settings.llm_configured:
@@ -338,7 +418,9 @@ def summarize(
                 bar.total = total
                 bar.update(done - bar.n)
 
-        summary = api.summarize(topic or "", settings, max_papers, no_llm, on_progress=progress)
+        summary = api.summarize(
+            topic or "", settings, max_papers, no_llm, on_progress=progress, filters=filters
+        )
         if bar is not None:
             bar.close()
     if as_json:

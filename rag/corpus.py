@@ -1,11 +1,14 @@
 """Files -> `Paper` records.
 
-Three input formats:
+Four input formats:
 
 * Hugging Face "Daily Papers" listing pages saved as text (`.txt`): page chrome, an optional
   listing date ("May 8"), then alternating title and abstract lines;
 * JSON Lines (`.jsonl`, `.ndjson`, `.json`) and CSV (`.csv`, `.tsv`) with configurable title,
-  text and id fields, so a BEIR `corpus.jsonl` (`_id`, `title`, `text`) loads as it is.
+  text and id fields, so a BEIR `corpus.jsonl` (`_id`, `title`, `text`) loads as it is;
+* the arXiv metadata snapshot (JSON Lines with `id`, `title`, `abstract`, `categories`,
+  `update_date`, `authors`), recognised by its fields: papers keep their arXiv id, categories
+  and date.
 
 Loaders are generators: they yield `Paper` records and `Problem`s (a bad record: the file and
 line, and what is wrong) and raise `InputError` only when a whole file is unreadable.
@@ -19,10 +22,11 @@ import io
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
+from urllib.parse import quote_plus
 
 from rag.errors import InputError
 
@@ -68,19 +72,32 @@ class Listing:
 
 @dataclass
 class Paper:
-    """A paper: stable id, title, abstract, every listing it was seen on, free-form metadata."""
+    """A paper: stable id, title, abstract, every listing it was seen on, free-form metadata,
+    and what an arXiv record tells of it (id, categories, ISO date of its last version)."""
 
     paper_id: str
     title: str
     abstract: str
     listings: tuple[Listing, ...] = ()
     meta: dict[str, str] = field(default_factory=dict)
+    arxiv_id: str | None = None
+    categories: tuple[str, ...] = ()
+    date: str | None = None
+    """YYYY-MM-DD, when the source gives one with its year (arXiv's `update_date`)."""
 
     def merged_with(self, other: Paper) -> Paper:
-        """This paper with `other`'s listings added; `other`'s text wins (it is newer)."""
-        listings = tuple(sorted(set(self.listings) | set(other.listings)))
+        """This paper with `other`'s listings added. `other`'s text wins (it comes later),
+        unless both are dated and this one is the newer version."""
+        newer, older = (self, other) if (other.date or "") < (self.date or "") else (other, self)
         return Paper(
-            other.paper_id, other.title, other.abstract, listings, {**self.meta, **other.meta}
+            newer.paper_id,
+            newer.title,
+            newer.abstract,
+            tuple(sorted(set(self.listings) | set(other.listings))),
+            {**older.meta, **newer.meta},
+            newer.arxiv_id or older.arxiv_id,
+            newer.categories or older.categories,
+            newer.date or older.date,
         )
 
 
@@ -144,6 +161,14 @@ def paper_id_for(title: str) -> str:
     return hashlib.sha1(normalise_title(title).encode("utf-8")).hexdigest()[:12]
 
 
+def paper_url(title: str, arxiv_id: str | None = None) -> str:
+    """Where a reader finds the paper: its arXiv abstract page when the id is known, else a
+    Hugging Face Papers search for its title."""
+    if arxiv_id:
+        return f"https://arxiv.org/abs/{arxiv_id}"
+    return f"https://huggingface.co/papers?q={quote_plus(title)}"
+
+
 def read_text(path: Path) -> str:
     """The text of a file, or an `InputError` that names the file and what is wrong with it."""
     if not path.exists():
@@ -165,19 +190,40 @@ def read_text(path: Path) -> str:
         ) from None
 
 
+FORMATS = ("listing", "jsonl", "csv", "arxiv")
+ARXIV_FIELDS = frozenset({"id", "title", "abstract", "categories"})
+ARXIV_ID = re.compile(r"^(?:\d{4}\.\d{4,5}|[a-z][a-z.-]*(?:\.[A-Z]{2})?/\d{7})(v\d+)?$")
+ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
+AUTHORS_CHARS = 500
+
+
 def detect_format(path: Path) -> str:
-    """'listing', 'jsonl' or 'csv' from the file name; an `InputError` for anything else."""
+    """'listing', 'jsonl', 'csv' or 'arxiv' from the file name, and for JSON Lines from the
+    fields of the first record; an `InputError` for anything else."""
     suffix = path.suffix.lower()
     if suffix in LISTING_SUFFIXES:
         return "listing"
     if suffix in JSONL_SUFFIXES:
-        return "jsonl"
+        return "arxiv" if _first_record_fields(path) >= ARXIV_FIELDS else "jsonl"
     if suffix in CSV_SUFFIXES:
         return "csv"
     raise InputError(
         f"{path}: unknown file type '{suffix or '(none)'}'; "
         "expected a listing page (.txt), JSON Lines (.jsonl) or CSV (.csv)"
     )
+
+
+def _first_record_fields(path: Path) -> set[str]:
+    """Keys of the first JSON object of a JSON Lines file (empty when there is none)."""
+    try:
+        with path.open("rb") as handle:
+            for raw in handle:
+                if raw.strip():
+                    record = json.loads(raw)
+                    return set(record) if isinstance(record, dict) else set()
+    except (OSError, ValueError, RecursionError):
+        pass  # reading the file for real reports what is wrong with it
+    return set()
 
 
 def expand_paths(paths: Iterable[Path]) -> list[Path]:
@@ -194,17 +240,28 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-def iter_file(path: Path, fields: Fields = Fields()) -> Iterator[Paper | Problem]:
-    """Papers and problems of one file, whatever its format.
+def iter_file(
+    path: Path,
+    fields: Fields = Fields(),
+    fmt: str | None = None,
+    position: FilePosition | None = None,
+) -> Iterator[Paper | Problem]:
+    """Papers and problems of one file, in `fmt` (default: detected).
 
-    JSON Lines and CSV files are streamed (a few lines in memory at a time, whatever the file's
-    size); a listing page, small by nature, is read whole.
+    JSON Lines (arXiv included) and CSV files are streamed (a few lines in memory at a time,
+    whatever the file's size); a listing page, small by nature, is read whole. For JSON Lines,
+    `position` starts the reading at a saved place and follows it record by record (resumable
+    ingests).
     """
-    fmt = detect_format(path)
+    fmt = fmt or detect_format(path)
     if fmt == "listing":
         yield from parse_listing_page(read_text(path), source=path.name)
-    elif fmt == "jsonl":
-        yield from parse_jsonl_lines(stream_lines(path), str(path), fields)
+    elif fmt in ("jsonl", "arxiv"):
+        lines = stream_lines(path, position)
+        if fmt == "arxiv":
+            yield from parse_arxiv_lines(lines, str(path))
+        else:
+            yield from parse_jsonl_lines(lines, str(path), fields)
     else:
         yield from parse_csv_lines(
             (line for _, line in stream_lines(path)),
@@ -214,7 +271,16 @@ def iter_file(path: Path, fields: Fields = Fields()) -> Iterator[Paper | Problem
         )
 
 
-def stream_lines(path: Path) -> Iterator[tuple[int, str]]:
+@dataclass
+class FilePosition:
+    """A place in a file: the byte offset after line `line`. `stream_lines` starts there and
+    moves it past each line it has yielded, once the line's records have been taken."""
+
+    offset: int = 0
+    line: int = 0
+
+
+def stream_lines(path: Path, position: FilePosition | None = None) -> Iterator[tuple[int, str]]:
     """Numbered lines of a text file (line ends kept), read as they are needed.
 
     The same checks as `read_text`: a missing, binary or empty file, or a line that is not
@@ -224,12 +290,15 @@ def stream_lines(path: Path) -> Iterator[tuple[int, str]]:
         raise InputError(f"{path}: no such file or directory")
     if not path.is_file():
         raise InputError(f"{path}: not a regular file")
+    position = position or FilePosition()
     with path.open("rb") as handle:
         if b"\x00" in handle.read(BINARY_SNIFF_BYTES):
             raise InputError(f"{path}: looks like a binary file, expected text")
-        handle.seek(0)
-        content = False
-        for number, raw in enumerate(handle, start=1):
+        handle.seek(position.offset)
+        content = position.offset > 0
+        offset = position.offset
+        for number, raw in enumerate(iter(handle.readline, b""), start=position.line + 1):
+            offset += len(raw)
             if number == 1:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
             try:
@@ -241,6 +310,7 @@ def stream_lines(path: Path) -> Iterator[tuple[int, str]]:
                 ) from None
             content = content or bool(line.strip())
             yield number, line
+            position.offset, position.line = offset, number  # the line's records are taken
         if not content:
             raise InputError(f"{path}: file is empty")
 
@@ -323,9 +393,13 @@ def parse_jsonl(text: str, where: str, fields: Fields = Fields()) -> Iterator[Pa
 
 
 def parse_jsonl_lines(
-    lines: Iterable[tuple[int, str]], where: str, fields: Fields = Fields()
+    lines: Iterable[tuple[int, str]],
+    where: str,
+    fields: Fields = Fields(),
+    to_paper: Callable[..., Paper | Problem] = _record_to_paper,
 ) -> Iterator[Paper | Problem]:
-    """Papers of numbered JSON Lines (a file streamed by `stream_lines`, or a split text)."""
+    """Papers of numbered JSON Lines (a file streamed by `stream_lines`, or a split text);
+    `to_paper(record, where, line, fields, source)` makes each record a paper."""
     source = Path(where).name
     number = 0
     for _, physical in lines:
@@ -345,7 +419,36 @@ def parse_jsonl_lines(
             if not isinstance(record, dict):
                 yield Problem(where, number, "expected a JSON object with title and text fields")
                 continue
-            yield _record_to_paper(record, where, number, fields, source)
+            yield to_paper(record, where, number, fields, source)
+
+
+def parse_arxiv_lines(lines: Iterable[tuple[int, str]], where: str) -> Iterator[Paper | Problem]:
+    """Papers of the arXiv metadata snapshot (JSON Lines): the id without its version, title
+    and abstract with line breaks and runs of spaces collapsed, categories, the date of the
+    last version (`update_date`) and the authors."""
+    return parse_jsonl_lines(lines, where, to_paper=_arxiv_record_to_paper)
+
+
+def _arxiv_record_to_paper(
+    record: dict[str, object], where: str, line: int, fields: Fields, source: str
+) -> Paper | Problem:
+    paper = _record_to_paper(record, where, line, Fields(id="id"), source)
+    if isinstance(paper, Problem):
+        return paper
+    raw_id = paper.paper_id if "id" in record else ""
+    arxiv_id = re.sub(r"v\d+$", "", raw_id) if ARXIV_ID.match(raw_id) else None
+    date = _first(record, ("update_date",))[:10]
+    authors = _first(record, ("authors",))
+    return Paper(
+        arxiv_id or paper.paper_id,
+        paper.title,
+        paper.abstract,
+        paper.listings,
+        {"authors": authors[:AUTHORS_CHARS]} if authors else {},
+        arxiv_id,
+        tuple(_first(record, ("categories",)).split()),
+        date if ISO_DATE.match(date) else None,
+    )
 
 
 def _without_line_end(line: str) -> str:

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rag.corpus import Listing, Paper, sentence_spans
-from rag.errors import IndexMismatchError, RagError
+from rag.corpus import FilePosition, Listing, Paper, sentence_spans
+from rag.errors import IndexMismatchError, InputError, RagError
 from rag.settings import Settings
 
 if TYPE_CHECKING:
@@ -59,14 +59,108 @@ class Chunk:
 
     def metadata(self) -> dict[str, Any]:
         return {
-            "paper_id": self.paper.paper_id,
-            "title": self.paper.title,
             "chunk": self.index,
             "n_chunks": self.count,
             "content_hash": self.content_hash,
-            **listing_metadata(self.paper.listings),
-            **{f"meta_{k}": v for k, v in self.paper.meta.items()},
+            **paper_metadata(self.paper),
         }
+
+
+def paper_metadata(paper: Paper) -> dict[str, Any]:
+    """What every chunk of `paper` records of it, besides its own place and hash."""
+    meta: dict[str, Any] = {
+        "paper_id": paper.paper_id,
+        "title": paper.title,
+        **listing_metadata(paper.listings),
+        **{f"meta_{k}": v for k, v in paper.meta.items()},
+    }
+    if paper.arxiv_id:
+        meta["arxiv_id"] = paper.arxiv_id
+    if paper.categories:
+        meta["categories"] = list(paper.categories)
+    if paper.date:
+        meta["date"] = paper.date
+        meta["date_num"] = date_number(paper.date)
+    return meta
+
+
+PAPER_KEYS_OPTIONAL = ("sources", "dates", "arxiv_id", "categories", "date", "date_num")
+"""Paper-level metadata keys that are absent when empty (an update must remove them)."""
+
+
+def date_number(iso_date: str) -> int:
+    """2024-01-15 -> 20240115: Chroma compares numbers, not strings."""
+    return int(iso_date[:10].replace("-", ""))
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which papers a search may return, or an ingest may keep: dated on or after `since`
+    (YYYY-MM-DD), in any of `categories` (arXiv's, e.g. cs.LG), from any of `sources` (the
+    file a paper was read from). Empty parts do not filter; the parts that are set must all
+    hold. The same rules run as a Chroma `where` filter, over metadata in memory, and over
+    papers being read."""
+
+    since: str | None = None
+    categories: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.since or self.categories or self.sources)
+
+    @classmethod
+    def from_text(
+        cls, since: str | None = None, categories: str | Sequence[str] | None = "",
+        sources: Sequence[str] | None = (),
+    ) -> Filter:  # fmt: skip
+        """A filter from what a person typed: a date (blank: none), categories separated by
+        spaces or commas; an `InputError` for a date that is not YYYY-MM-DD."""
+        from datetime import date
+
+        since = (since or "").strip() or None
+        if since:
+            try:
+                since = date.fromisoformat(since).isoformat()
+            except ValueError:
+                raise InputError(f"{since!r} is not a date like 2024-01-31") from None
+        if not isinstance(categories, str):
+            categories = " ".join(categories or ())
+        names = tuple(dict.fromkeys(categories.replace(",", " ").split()))
+        kept = (s.strip() for s in sources or () if s and s.strip())
+        return cls(since, names, tuple(dict.fromkeys(kept)))
+
+    def where(self) -> dict[str, Any] | None:
+        """The Chroma `where` filter (None when nothing is filtered)."""
+        parts: list[dict[str, Any]] = []
+        if self.since:
+            parts.append({"date_num": {"$gte": date_number(self.since)}})
+        for key, values in (("categories", self.categories), ("sources", self.sources)):
+            alternatives = [{key: {"$contains": v}} for v in values]
+            if alternatives:
+                parts.append(alternatives[0] if len(alternatives) == 1 else {"$or": alternatives})
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else {"$and": parts}
+
+    def matches(self, meta: dict[str, Any]) -> bool:
+        """Whether a chunk with this metadata passes (what `where()` asks of Chroma)."""
+        if self.since and meta.get("date_num", 0) < date_number(self.since):
+            return False
+        if self.categories and not set(self.categories) & set(meta.get("categories") or ()):
+            return False
+        return not self.sources or bool(set(self.sources) & set(meta.get("sources") or ()))
+
+    def admits(self, paper: Paper) -> bool:
+        """Whether a paper being read passes."""
+        return self.matches(paper_metadata(paper))
+
+    def describe(self) -> str:
+        parts = [f"since {self.since}"] if self.since else []
+        if self.categories:
+            parts.append("category " + " or ".join(self.categories))
+        if self.sources:
+            parts.append("source " + " or ".join(self.sources))
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -114,14 +208,31 @@ class ChunkTable:
             rows.sort(key=lambda r: metas[r]["chunk"])
         return cls(stamp, ids, docs, metas, np.ascontiguousarray(matrix), rows_of)
 
+    masks: dict[Filter, np.ndarray] = field(default_factory=dict)
+    """Rows each filter admits, computed once per filter."""
+
     def hit(self, row: int, score: float = 0.0) -> Hit:
         return Hit(self.ids[row], score, self.docs[row], self.metas[row])
 
-    def nearest(self, vector: np.ndarray, n: int) -> list[Hit]:
-        """The `n` rows nearest to `vector`, best first; ties go to the smaller chunk id."""
+    def mask(self, filters: Filter) -> np.ndarray:
+        if filters not in self.masks:
+            self.masks[filters] = np.fromiter(
+                (filters.matches(m) for m in self.metas), dtype=bool, count=len(self.metas)
+            )
+        return self.masks[filters]
+
+    def nearest(self, vector: np.ndarray, n: int, filters: Filter | None = None) -> list[Hit]:
+        """The `n` rows nearest to `vector` (among those `filters` admits), best first; ties go
+        to the smaller chunk id."""
         if n <= 0 or not self.ids:
             return []
         sims = self.matrix @ np.asarray(vector, dtype=np.float32)
+        if filters:
+            admitted = self.mask(filters)
+            n = min(n, int(admitted.sum()))
+            if n == 0:
+                return []
+            sims = np.where(admitted, sims, -np.inf)
         n = min(n, len(sims))
         top = np.argpartition(-sims, n - 1)[:n] if n < len(sims) else np.arange(len(sims))
         top = top[np.lexsort((top, -sims[top]))]
@@ -139,6 +250,10 @@ class IngestReport:
     chunks_embedded: int = 0
     chunks_deleted: int = 0
     papers_total: int = 0
+    papers_filtered: int = 0
+    """Records left out by the ingest's filters (--category, --since)."""
+    resumed: list[str] = field(default_factory=list)
+    """Files taken up where an interrupted ingest stopped ('FILE: line N')."""
     errors: list[str] = field(default_factory=list)
 
     def count(self, status: dict[str, str]) -> None:
@@ -205,6 +320,44 @@ def content_hash(paper: Paper, settings: Settings) -> str:
     """What decides a paper's chunks: its text and the chunking settings."""
     key = json.dumps([paper.title, paper.abstract, settings.chunk_tokens, settings.chunk_overlap])
     return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
+
+
+class Checkpoints:
+    """Where the reading of each streamed file got to, saved after every written batch, so an
+    interrupted ingest of a large file continues there instead of at its first line.
+
+    A checkpoint is keyed by the file (path, size, modification time), how it is read (format,
+    filters) and the collection: any change starts the file afresh. It is removed once the
+    file has been read to the end. Papers before it are in the index; papers after it may be
+    too (a batch cut short), which the content hashes sort out.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.dir = settings.index_dir / "ingest-progress"
+        self.collection = settings.collection
+
+    def key(self, path: Path, how: str) -> str:
+        info = path.stat()
+        raw = json.dumps(
+            [str(path.resolve()), info.st_size, info.st_mtime_ns, how, self.collection]
+        )
+        return hashlib.sha1(raw.encode()).hexdigest()[:20]
+
+    def load(self, key: str) -> FilePosition | None:
+        try:
+            saved = json.loads((self.dir / f"{key}.json").read_text(encoding="utf-8"))
+            return FilePosition(int(saved["offset"]), int(saved["line"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save(self, key: str, position: FilePosition) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{key}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"offset": position.offset, "line": position.line}))
+        tmp.replace(self.dir / f"{key}.json")
+
+    def done(self, key: str) -> None:
+        (self.dir / f"{key}.json").unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -488,17 +641,18 @@ class Store:
             self.changed = True
             self.bump_generation()
 
-    def query(self, vector: np.ndarray, n: int) -> list[Hit]:
-        """The `n` chunks nearest to `vector`, best first."""
+    def query(self, vector: np.ndarray, n: int, filters: Filter | None = None) -> list[Hit]:
+        """The `n` chunks nearest to `vector` among those `filters` admits, best first."""
         table = self.table()
         if table is not None:
-            return table.nearest(vector, n)
+            return table.nearest(vector, n, filters)
         n = min(n, self.count())
         if n <= 0:
             return []
         res = self.col.query(
             query_embeddings=[np.asarray(vector, dtype=np.float32)],
             n_results=n,
+            where=filters.where() if filters else None,
             include=["documents", "metadatas", "distances"],
         )
         return [
@@ -511,6 +665,15 @@ class Store:
                 strict=True,
             )
         ]
+
+    def admitted_papers(self, filters: Filter) -> set[str]:
+        """Ids of the papers `filters` admits (for rankings made outside Chroma: BM25)."""
+        table = self.table()
+        if table is not None:
+            return {table.metas[r]["paper_id"] for r in np.flatnonzero(table.mask(filters))}
+        where = {"$and": [{"chunk": 0}, filters.where()]} if filters else {"chunk": 0}
+        pages = self._pages(["metadatas"], where)
+        return {meta["paper_id"] for page in pages for meta in page["metadatas"]}
 
     def vectors(self, ids: list[str]) -> dict[str, np.ndarray]:
         """Stored embeddings of these chunks, by chunk id."""
@@ -591,8 +754,10 @@ def ingest_papers(
     embedder: Embedder,
     store: Store | None = None,
     progress: bool = False,
+    on_batch: Callable[[], None] | None = None,
 ) -> IngestReport:
-    """Add or update `papers` in the index; unchanged papers cost no embedding at all."""
+    """Add or update `papers` in the index; unchanged papers cost no embedding at all.
+    `on_batch()` is called after each batch is written (checkpoints are saved there)."""
     from tqdm import tqdm
 
     store = store or Store(settings, embedder.name)
@@ -612,6 +777,8 @@ def ingest_papers(
                 ).items():
                     if status.get(pid, "unchanged") == "unchanged":
                         status[pid] = state
+                if on_batch is not None:
+                    on_batch()
         report.count(status)
         report.papers_total = store.paper_count() if store.exists() else 0
         if store.changed:
@@ -637,15 +804,23 @@ def _ingest_batch(
     relisted_meta: list[dict[str, Any]] = []
     for paper_id, paper in batch.items():
         old = states.get(paper_id, [])
+        if old and old[0].get("date", "") > (paper.date or "\uffff"):
+            status[paper_id] = "unchanged"  # an older version of a paper already indexed
+            continue
         known_listings = listings_from_metadata(old[0]) if old else ()
         merged = Paper(paper_id, paper.title, paper.abstract, known_listings).merged_with(paper)
         wanted = content_hash(paper, settings)
         if _is_complete(old, wanted):
-            if set(merged.listings) != set(known_listings):
-                # Seen on a new page: record it, but the text (and so the vector) is unchanged.
+            fresh = paper_metadata(merged)
+            if any(old[0].get(k) != v for k, v in fresh.items()) or any(
+                k in old[0] and k not in fresh for k in PAPER_KEYS_OPTIONAL
+            ):
+                # Seen on a new page, or recategorised: recorded, but the text (and so the
+                # vector) is unchanged.
+                dropped = {k: None for k in PAPER_KEYS_OPTIONAL if k not in fresh}  # None deletes
                 for c in old:
                     relisted_ids.append(c["id"])
-                    relisted_meta.append({**_strip_id(c), **listing_metadata(merged.listings)})
+                    relisted_meta.append({**_strip_id(c), **dropped, **fresh})
                 status[paper_id] = "updated"
             else:
                 status[paper_id] = "unchanged"

@@ -6,6 +6,7 @@ paper, its best chunk as the snippet), which is what every caller sees.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -16,11 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import numpy as np
 
-from rag.index import Hit, Store
+from rag.corpus import paper_url
+from rag.index import Filter, Hit, Store
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 CHUNKS_PER_PAPER = 4  # chunks fetched per wanted paper, so that k distinct papers come back
 log = logging.getLogger(__name__)
 TOKENIZER_VERSION = 2  # bump when `tokenize` changes: saved BM25 indexes are then rebuilt
+MASKS_KEPT = 64  # filters whose admitted-paper masks a BM25 retriever keeps
 RRF_K = 60  # the usual reciprocal-rank-fusion constant (Cormack et al., 2009)
 # A word, or a hyphenated compound ("bi-level", "L-Mul"), which also counts joined ("bilevel").
 TOKEN = re.compile(r"\w+(?:-\w+)+|\w+")
@@ -50,6 +53,9 @@ class PaperHit:
     metadata: dict[str, Any] = field(default_factory=dict)
     text: str = ""
     """The whole abstract, rebuilt from its chunks (set by `attach_texts`)."""
+    arxiv_id: str | None = None
+    categories: list[str] = field(default_factory=list)
+    date: str | None = None
 
     @classmethod
     def from_hit(cls, hit: Hit) -> PaperHit:
@@ -64,16 +70,27 @@ class PaperHit:
             dates=list(meta.get("dates") or []),
             sources=list(meta.get("sources") or []),
             metadata={k: v for k, v in meta.items() if k.startswith("meta_")},
+            arxiv_id=meta.get("arxiv_id"),
+            categories=list(meta.get("categories") or []),
+            date=meta.get("date"),
         )
+
+    @property
+    def url(self) -> str:
+        return paper_url(self.title, self.arxiv_id)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "paper_id": self.paper_id,
             "title": self.title,
+            "url": self.url,
             "score": round(self.score, 4),
             "relevance": None if self.relevance is None else round(self.relevance, 4),
             "snippet": self.snippet,
             "dates": self.dates,
+            "date": self.date,
+            "categories": self.categories,
+            "sources": self.sources,
         }
 
 
@@ -99,8 +116,15 @@ def attach_texts(store: Store, papers: Sequence[PaperHit]) -> None:
 
 
 class Retriever(Protocol):
+    filters: Filter
+    """Papers outside these filters are never returned (see `restricted`)."""
+
     def search(self, query: str, k: int) -> list[PaperHit]:
         """The `k` best papers for `query`, best first."""
+        ...
+
+    def restricted(self, filters: Filter) -> Retriever:
+        """This retriever, returning only papers that `filters` admits (caches shared)."""
         ...
 
     def attach_texts(self, papers: Sequence[PaperHit]) -> None:
@@ -116,18 +140,27 @@ class StoreRetriever:
     """What every retriever over our store shares."""
 
     store: Store
+    filters: Filter = Filter()
+
+    def restricted(self, filters: Filter) -> Self:
+        """A shallow copy: the store, the loaded BM25 index and the encoder are shared."""
+        clone = copy.copy(self)
+        clone.filters = filters
+        return clone
 
     def attach_texts(self, papers: Sequence[PaperHit]) -> None:
         with self.store.one_view():
             attach_texts(self.store, papers)
 
     def papers_by_id(self, paper_ids: Sequence[str]) -> list[PaperHit]:
-        """These papers (those still in the index), in the given order, with their texts."""
+        """These papers (those still in the index and admitted by the filters), in the given
+        order, with their texts."""
         with self.store.one_view():
             chunks = self.store.paper_chunks(paper_ids)
+            admitted = self.store.admitted_papers(self.filters) if self.filters else None
         papers = []
         for pid in paper_ids:
-            if pid in chunks:
+            if pid in chunks and (admitted is None or pid in admitted):
                 paper = PaperHit.from_hit(chunks[pid][0])
                 paper.relevance = None
                 paper.text = join_chunks([c.text for c in chunks[pid]])
@@ -163,10 +196,12 @@ class DenseRetriever(StoreRetriever):
     def search(self, query: str, k: int) -> list[PaperHit]:
         vector = self.query_vector(query)
         with self.store.one_view():
-            return self.search_vector(vector, k)
+            return self.search_vector(vector, k, self.filters)
 
-    def search_vector(self, vector: np.ndarray, k: int) -> list[PaperHit]:
-        return to_papers(self.store.query(vector, k * CHUNKS_PER_PAPER), k)
+    def search_vector(
+        self, vector: np.ndarray, k: int, filters: Filter | None = None
+    ) -> list[PaperHit]:
+        return to_papers(self.store.query(vector, k * CHUNKS_PER_PAPER, filters), k)
 
 
 def tokenize(text: str) -> list[str]:
@@ -221,6 +256,7 @@ class BM25Retriever(StoreRetriever):
         self._paper_ids: list[str] = []
         self._stamp: tuple[int, int] | None = None
         self._lock = threading.Lock()
+        self._masks: dict[tuple[tuple[int, int], Filter], np.ndarray] = {}
 
     @property
     def path(self) -> Path:
@@ -280,22 +316,38 @@ class BM25Retriever(StoreRetriever):
             log.info("BM25 index not saved (%s); it is rebuilt per process", exc)
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def rank(self, query: str, k: int) -> list[tuple[str, float]]:
+    def rank(self, query: str, k: int, filters: Filter | None = None) -> list[tuple[str, float]]:
         """The `k` best (paper id, BM25 score) pairs; papers sharing no term are left out."""
-        ids, scores = self.scores(query)
+        ids, scores = self.scores(query, filters)
         if not ids:
             return []
         top = np.argsort(-scores, kind="stable")[:k]
         return [(ids[i], float(scores[i])) for i in top if scores[i] > 0]
 
-    def scores(self, query: str) -> tuple[list[str], np.ndarray]:
-        """Every paper's BM25 score for `query`: (paper ids, scores in the same order)."""
+    def scores(self, query: str, filters: Filter | None = None) -> tuple[list[str], np.ndarray]:
+        """Every paper's BM25 score for `query`: (paper ids, scores in the same order). Papers
+        that `filters` excludes score 0, which no ranking keeps."""
         model, ids = self._current()
         vocab = getattr(model, "vocab_dict", None) or {}
         tokens = [t for t in tokenize(query) if t in vocab]
         if not tokens or not ids:
             return ids, np.zeros(len(ids), dtype=np.float32)
-        return ids, np.asarray(model.get_scores(tokens), dtype=np.float32)
+        scores = np.asarray(model.get_scores(tokens), dtype=np.float32)
+        if filters:
+            scores[~self._admitted(filters, ids)] = 0.0
+        return ids, scores
+
+    def _admitted(self, filters: Filter, ids: list[str]) -> np.ndarray:
+        """Which of `ids` (the BM25 documents) `filters` admits, kept per store state."""
+        key = (self.store.stamp(), filters)
+        mask = self._masks.get(key)
+        if mask is None:
+            admitted = self.store.admitted_papers(filters)
+            mask = np.fromiter((pid in admitted for pid in ids), dtype=bool, count=len(ids))
+            if len(self._masks) > MASKS_KEPT:
+                self._masks.clear()
+            self._masks[key] = mask
+        return mask
 
     def hits(self, query: str, ranking: Sequence[tuple[str, float]]) -> list[PaperHit]:
         """Ranked paper ids -> papers, each with the chunk sharing most query terms as snippet."""
@@ -314,7 +366,7 @@ class BM25Retriever(StoreRetriever):
 
     def search(self, query: str, k: int) -> list[PaperHit]:
         with self.store.one_view():
-            return self.hits(query, self.rank(query, k))
+            return self.hits(query, self.rank(query, k, self.filters))
 
 
 class HybridRetriever(StoreRetriever):
@@ -351,8 +403,8 @@ class HybridRetriever(StoreRetriever):
 
     def _search(self, query: str, vector: np.ndarray, k: int) -> list[PaperHit]:
         depth = max(self.depth, k)
-        dense = {p.paper_id: p for p in self.dense.search_vector(vector, depth)}
-        ids, bm25 = self.bm25.scores(query)
+        dense = {p.paper_id: p for p in self.dense.search_vector(vector, depth, self.filters)}
+        ids, bm25 = self.bm25.scores(query, self.filters)
         lexical = {ids[i]: float(bm25[i]) for i in np.argsort(-bm25, kind="stable")[:depth]
                    if bm25[i] > 0}  # fmt: skip
         fused = (self._convex(vector, dense, dict(zip(ids, bm25.tolist(), strict=True)), lexical)

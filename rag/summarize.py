@@ -74,7 +74,8 @@ class Summary:
             "summary": self.summary,
             "mode": self.mode,
             "citations": [
-                {"n": s.n, "paper_id": s.paper_id, "title": s.title} for s in self.citations
+                {"n": s.n, "paper_id": s.paper_id, "title": s.title, "url": s.url}
+                for s in self.citations
             ],
             "papers": [vars(p) for p in self.papers],
             "dropped_citations": self.dropped_citations,
@@ -100,7 +101,7 @@ def select_papers(
 
 
 def references(cited: Sequence[Source]) -> str:
-    lines = [f"[{s.n}] {s.title}" for s in sorted(cited, key=lambda s: s.n)]
+    lines = [f"[{s.n}] {s.title} <{s.url}>" for s in sorted(cited, key=lambda s: s.n)]
     return "**References**\n\n" + "  \n".join(lines)  # Markdown line breaks between entries
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from rag import api
+from rag.corpus import paper_url
 from rag.retrieve import get_retriever
 from rag.settings import Settings
 from tests.fake_llm import FakeLLM
@@ -62,10 +63,10 @@ def test_map_reduce_carries_the_abstracts_and_cites_the_right_titles(
     assert [(c.n, c.title) for c in summary.citations] == [(1, by_n[1]), (2, by_n[2])]
     assert summary.dropped_citations == [99] and "[99]" not in summary.summary
     refs = summary.summary.split("**References**", 1)[1]
-    assert re.findall(r"^\[(\d+)\] (.*?)\s*$", refs, flags=re.M) == [
-        ("1", by_n[1]),
-        ("2", by_n[2]),
-    ]  # exactly the cited papers
+    assert re.findall(r"^\[(\d+)\] (.*?) <(https://\S+)>\s*$", refs, flags=re.M) == [
+        ("1", by_n[1], paper_url(by_n[1])),
+        ("2", by_n[2], paper_url(by_n[2])),
+    ]  # exactly the cited papers, each with its link
 
     data = summary.to_json()
     assert set(data) >= {"topic", "summary", "citations", "papers", "dropped_citations"}
@@ -73,6 +74,7 @@ def test_map_reduce_carries_the_abstracts_and_cites_the_right_titles(
         "n": 1,
         "paper_id": summary.papers[0].paper_id,
         "title": by_n[1],
+        "url": paper_url(by_n[1]),
     }
     assert {"n", "paper_id", "title", "one_line"} <= set(data["papers"][0])
 
@@ -115,8 +117,9 @@ def test_paper_summary_by_exact_or_near_title(
     data = json.loads(proc.stdout)
     assert data["topic"] == title and data["mode"] == "extractive"
     assert data["citations"] == [
-        {"n": 1, "paper_id": data["papers"][0]["paper_id"], "title": title}
-    ]
+        {"n": 1, "paper_id": data["papers"][0]["paper_id"], "title": title,
+         "url": paper_url(title)}
+    ]  # fmt: skip
     assert "**Problem**" in data["summary"] and "**Limitations**" in data["summary"]
 
 
@@ -128,7 +131,7 @@ def test_paper_summary_through_the_llm(corpus_settings: Settings, fake_llm: Fake
     assert "Title: Pointer Networks\n" in request["body"]["messages"][-1]["content"]
     assert [c.title for c in summary.citations] == ["Pointer Networks"]
     assert summary.dropped_citations == [2]
-    assert summary.summary.endswith("[1] Pointer Networks")
+    assert summary.summary.endswith(f"[1] Pointer Networks <{paper_url('Pointer Networks')}>")
 
 
 @pytest.mark.parametrize(

@@ -156,7 +156,8 @@ def test_chat_in_a_real_browser_streams_cites_and_follows_up(
     panel = sources.inner_text()
     assert "Also retrieved" in panel and "Hugging Face Papers" in panel
     assert page.locator("#sources a[href*='huggingface.co/papers?q=']").count() >= 1
-    assert page.locator("#sources a[href*='arxiv.org/search']").count() >= 1
+    # No arXiv id is known for a listing-page paper: its link is a Hugging Face Papers search.
+    assert page.locator("#sources a[href*='arxiv.org']").count() == 0
 
     ask_in_page(page, "what about its limitations?")
     page.wait_for_function(

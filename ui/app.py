@@ -12,7 +12,6 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote_plus
 
 # No analytics, version checks or hub telemetry: the app must run offline and leak nothing.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -23,6 +22,7 @@ import gradio as gr
 from rag import api
 from rag.conversation import Turn
 from rag.errors import RagError
+from rag.index import Filter
 
 if TYPE_CHECKING:
     from rag.answer import Answer, Source
@@ -49,12 +49,7 @@ MODES = ("LLM", "Extractive")
 CONCURRENCY = 32
 
 
-def hf_link(title: str) -> str:
-    return f"https://huggingface.co/papers?q={quote_plus(title)}"
-
-
-def arxiv_link(title: str) -> str:
-    return f"https://arxiv.org/search/?query={quote_plus(title)}&searchtype=title"
+ARXIV_ABS = "https://arxiv.org/abs/"
 
 
 def _md(text: str) -> str:
@@ -77,10 +72,7 @@ def render_sources(answer: Answer) -> str:
     others = [s for s in answer.sources if s.n not in cited]
     if others:
         lines += ["", "### Also retrieved"]
-        lines += [
-            f"- [{s.n}] {_md(s.title)} · [HF]({hf_link(s.title)}) · [arXiv]({arxiv_link(s.title)})"
-            for s in others
-        ]
+        lines += [f"- [{s.n}] [{_md(s.title)}]({s.url})" for s in others]
     if answer.dropped_citations:
         numbers = ", ".join(f"[{n}]" for n in answer.dropped_citations)
         lines += ["", f"_Dropped citations that name no source: {numbers}_"]
@@ -96,7 +88,7 @@ def _source_block(source: Source) -> list[str]:
         "",
         f"> {_md(snippet)}",
         "",
-        f"[Hugging Face Papers]({hf_link(source.title)}) · [arXiv]({arxiv_link(source.title)})",
+        f"[{'arXiv' if source.url.startswith(ARXIV_ABS) else 'Hugging Face Papers'}]({source.url})",
     ]
 
 
@@ -182,32 +174,45 @@ class ChatService:
         settings: Settings,
         no_llm: bool,
         on_token: Any = None,
+        filters: Filter | None = None,
     ) -> tuple[Answer, Turn]:
         return api.chat(
             message, turns, settings, settings.top_k, no_llm=no_llm,
             retriever=self.retriever(settings.retriever), embedder=self.embedder,
-            on_token=on_token,
+            on_token=on_token, filters=filters,
         )  # fmt: skip
 
     def stream(
-        self, message: str, turns: Sequence[Turn], settings: Settings, no_llm: bool
-    ) -> Iterator[str | tuple[Answer, Turn] | RagError]:
+        self, message: str, turns: Sequence[Turn], settings: Settings, no_llm: bool,
+        filters: Filter | None = None,
+    ) -> Iterator[str | tuple[Answer, Turn] | RagError]:  # fmt: skip
         """Tokens as they arrive, then the (answer, turn) pair, or the error that ended it."""
-        return in_background(lambda emit: self.ask(message, turns, settings, no_llm, emit))
+        return in_background(lambda emit: self.ask(message, turns, settings, no_llm, emit, filters))
 
-    def summarize(self, topic: str, max_papers: int, no_llm: bool) -> Iterator[Any]:
+    def summarize(
+        self, topic: str, max_papers: int, no_llm: bool, filters: Filter | None = None
+    ) -> Iterator[Any]:
         """(done, total) progress pairs as map calls finish, then the summary (or the error)."""
         return in_background(lambda emit: api.summarize(
             topic, self.settings, max_papers, no_llm,
             retriever=self.retriever(self.settings.retriever), embedder=self.embedder,
-            on_progress=lambda done, total: emit((done, total)),
+            on_progress=lambda done, total: emit((done, total)), filters=filters,
         ))  # fmt: skip
 
-    def summarize_paper(self, query: str, no_llm: bool) -> Any:
+    def summarize_paper(self, query: str, no_llm: bool, filters: Filter | None = None) -> Any:
         return api.summarize_paper(
             query, self.settings, no_llm, retriever=self.retriever(self.settings.retriever),
-            embedder=self.embedder,
+            embedder=self.embedder, filters=filters,
         )  # fmt: skip
+
+    def sources(self) -> list[str]:
+        """The files the collection's papers were read from (for the source filter)."""
+        from rag.index import Store
+
+        store = Store(self.settings, self.embedder.name)
+        if not store.exists() or store.count() > 200_000:
+            return []
+        return sorted({s for c in store.all_chunks() for s in c.metadata.get("sources") or ()})
 
     def titles(self, limit: int = 5000) -> list[str]:
         """Paper titles for the picker (none for a very large collection: type instead)."""
@@ -243,7 +248,7 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
 
     def respond(
         message: str, chat: list[dict[str, Any]], turns: list[Turn], k: float, mode: str,
-        answer_mode: str, model: str,
+        answer_mode: str, model: str, since: str, categories: str, sources: list[str],
     ) -> Iterator[tuple[Any, ...]]:  # fmt: skip
         chat = list(chat or [])
         if not (message or "").strip():
@@ -251,9 +256,15 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
             return
         request, no_llm = service.options(int(k), mode, answer_mode, model or "")
         chat += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+        try:
+            filters = Filter.from_text(since, categories, sources or [])
+        except RagError as exc:
+            chat[-1] = {"role": "assistant", "content": f"⚠️ Filters: {exc}"}
+            yield chat, gr.skip(), message, turns
+            return
         yield chat, "### Sources\n_Searching the collection…_", "", turns
         streamed = ""
-        for item in service.stream(message, turns, request, no_llm):
+        for item in service.stream(message, turns, request, no_llm, filters):
             if isinstance(item, str):
                 streamed += item
                 chat[-1] = {"role": "assistant", "content": streamed}
@@ -267,13 +278,21 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
                 chat[-1] = {"role": "assistant", "content": answer_text(answer)}
                 yield chat, render_sources(answer), "", [*turns, turn]
 
-    def summarize_topic(topic: str, max_papers: float, answer_mode: str) -> Iterator[str]:
+    def summarize_topic(
+        topic: str, max_papers: float, answer_mode: str, since: str, categories: str,
+        sources: list[str],
+    ) -> Iterator[str]:  # fmt: skip
         if not (topic or "").strip():
             yield "Type a topic first."
             return
         no_llm = answer_mode != "LLM" or not llm_ready
+        try:
+            filters = Filter.from_text(since, categories, sources or [])
+        except RagError as exc:
+            yield f"⚠️ Filters: {exc}"
+            return
         yield "_Selecting the papers on this topic…_"
-        for item in service.summarize(topic, int(max_papers), no_llm):
+        for item in service.summarize(topic, int(max_papers), no_llm, filters):
             if isinstance(item, tuple):
                 yield f"_Summarising the papers: {item[0]} of {item[1]} done…_"
             elif isinstance(item, RagError):
@@ -281,12 +300,15 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
             else:
                 yield render_summary(item)
 
-    def summarize_one(title: str, answer_mode: str) -> str:
+    def summarize_one(
+        title: str, answer_mode: str, since: str, categories: str, sources: list[str]
+    ) -> str:
         if not (title or "").strip():
             return "Pick or type a paper title first."
         try:
+            filters = Filter.from_text(since, categories, sources or [])
             return render_summary(
-                service.summarize_paper(title, answer_mode != "LLM" or not llm_ready)
+                service.summarize_paper(title, answer_mode != "LLM" or not llm_ready, filters)
             )
         except RagError as exc:
             return f"⚠️ {exc}"
@@ -303,6 +325,18 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
         if not llm_ready:
             gr.Markdown(NO_LLM_BANNER, elem_id="no-llm-banner")
         turns = gr.State([])
+        with gr.Accordion("Filters: which papers may be searched and cited", open=False):
+            with gr.Row():
+                since = gr.Textbox(label="Since (YYYY-MM-DD)", placeholder="e.g. 2024-01-01",
+                                   elem_id="filter-since")  # fmt: skip
+                categories = gr.Textbox(
+                    label="arXiv categories (any of)", placeholder="e.g. cs.LG cs.CL",
+                    elem_id="filter-category",
+                )  # fmt: skip
+                source_files = gr.Dropdown(
+                    service.sources(), value=[], multiselect=True, label="Source files (any of)",
+                    elem_id="filter-source",
+                )  # fmt: skip
         with gr.Tabs():
             with gr.Tab("Chat"):
                 with gr.Row():
@@ -350,16 +384,17 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
                         paper_button = gr.Button("Summarise the paper", elem_id="summarize-paper")
                     with gr.Column(scale=3):
                         summary = gr.Markdown("", elem_id="summary")
-        inputs = [box, chatbot, turns, k, mode, answer_mode, model]
+        filter_inputs = [since, categories, source_files]
+        inputs = [box, chatbot, turns, k, mode, answer_mode, model, *filter_inputs]
         outputs = [chatbot, sources, box, turns]
         box.submit(respond, inputs, outputs, api_visibility="private")
         send.click(respond, inputs, outputs, api_visibility="private")
         clear.click(lambda: EMPTY_SOURCES, None, sources, api_visibility="private")
-        topic_button.click(summarize_topic, [topic, max_papers, answer_mode], summary,
+        topic_inputs = [topic, max_papers, answer_mode, *filter_inputs]
+        topic_button.click(summarize_topic, topic_inputs, summary, api_visibility="private")
+        topic.submit(summarize_topic, topic_inputs, summary, api_visibility="private")
+        paper_button.click(summarize_one, [picker, answer_mode, *filter_inputs], summary,
                            api_visibility="private")  # fmt: skip
-        topic.submit(summarize_topic, [topic, max_papers, answer_mode], summary,
-                     api_visibility="private")  # fmt: skip
-        paper_button.click(summarize_one, [picker, answer_mode], summary, api_visibility="private")
         gr.api(chat_api, api_name="chat", concurrency_limit=CONCURRENCY)
     return app
 
