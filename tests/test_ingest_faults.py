@@ -223,7 +223,10 @@ def test_sigkill_mid_ingest_then_rerun_equals_an_uninterrupted_ingest(
     assert assert_whole_papers(partial) == first_batch  # batch 1 complete, nothing of batch 2
 
     resumed = ingest_json(gated, corpus, killed)
-    assert resumed["papers_unchanged"] == PAPER_BATCH  # batch 1 is not embedded again
+    # It reads on from the checkpoint of batch 1 (its last record is read again, to be safe)
+    # and embeds nothing of batch 1 again.
+    assert resumed["resumed"] == [f"{corpus}: from line {PAPER_BATCH}"]
+    assert resumed["papers_unchanged"] == 1
     assert resumed["papers_added"] == N_PAPERS - PAPER_BATCH
     assert resumed["papers_total"] == N_PAPERS and resumed["errors"] == []
 
@@ -271,8 +274,9 @@ def test_sigkill_mid_update_then_rerun_equals_a_fresh_ingest_of_the_new_text(
     assert changed == [p["_id"] for p in new[:PAPER_BATCH]]
 
     resumed = ingest_json(gated, v2, index)
+    assert resumed["resumed"] == [f"{v2}: from line {PAPER_BATCH}"]
     assert resumed["papers_updated"] == N_PAPERS - PAPER_BATCH
-    assert resumed["papers_unchanged"] == PAPER_BATCH
+    assert resumed["papers_unchanged"] == 1  # the checkpointed batch's last record, read again
     assert resumed["chunks_deleted"] > 0
 
     ingest_here(gated, v2, reference)
