@@ -10,9 +10,11 @@ torch, so a query embeds in about 3 ms in a fresh process. Other encoders:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -69,7 +71,10 @@ def get_embedder(settings: Settings) -> Embedder:
     if name.startswith("openai:"):
         from rag.llm import OpenAIEmbedder  # the LLM module owns the openai client
 
-        return OpenAIEmbedder(name.split(":", 1)[1], settings)
+        remote = OpenAIEmbedder(name.split(":", 1)[1], settings)
+        if not settings.embed_cache:
+            return remote
+        return CachedEmbedder(remote, settings.index_dir / "embedding-cache")
     raise InputError(
         f"unknown embedding model {name!r}: use '{DEFAULT_MODEL}', "
         "'sentence-transformers:PATH' or 'openai:MODEL'"
@@ -318,6 +323,61 @@ class SentenceTransformerEmbedder:
             convert_to_numpy=True,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+class CachedEmbedder:
+    """An encoder whose vectors are kept on disk (SQLite), keyed by the SHA-256 of model name
+    and text: a text is sent to the encoder once, whatever happens to the index. For paid
+    APIs; the local model is faster than a disk lookup of its own."""
+
+    def __init__(self, inner: Embedder, directory: Path) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.max_tokens = inner.max_tokens
+        self.batch = getattr(inner, "batch", 64)  # texts per call: the inner encoder's request
+        self.path = directory / (hashlib.sha1(inner.name.encode()).hexdigest()[:16] + ".sqlite")
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    @cached_property
+    def _db(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vector BLOB)")
+        return db
+
+    def _key(self, text: str) -> bytes:
+        return hashlib.sha256(f"{self.name}\0{text}".encode()).digest()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        keys = [self._key(t) for t in texts]
+        known: dict[bytes, np.ndarray] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):  # SQLite's bound on query variables
+                part = list(set(keys[start : start + 500]))
+                marks = ",".join("?" * len(part))
+                for key, blob in self._db.execute(
+                    f"SELECT key, vector FROM vectors WHERE key IN ({marks})", part
+                ):
+                    known[key] = np.frombuffer(blob, dtype=np.float32)
+        missing = list(dict.fromkeys(i for i, k in enumerate(keys) if k not in known))
+        self.hits += len(texts) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            fresh = np.asarray(self.inner.embed([texts[i] for i in missing]), dtype=np.float32)
+            rows = [(keys[i], fresh[j].tobytes()) for j, i in enumerate(missing)]
+            with self._lock, self._db:
+                self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
+            for j, i in enumerate(missing):
+                known[keys[i]] = fresh[j]
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([known[k] for k in keys])
 
 
 class VectorCache:

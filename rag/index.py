@@ -39,6 +39,7 @@ GENERATION_KEY = "generation"
 LOCK_NAME = ".ingest.lock"
 PAPER_BATCH = 256  # papers compared with the index per round trip
 WRITE_BATCH = 2048  # chunks per Chroma write (below its max batch size)
+PROGRESS_STEP = 64  # texts embedded between progress-bar updates
 GET_PAGE = 10_000  # records per Chroma read of the whole collection
 
 
@@ -857,7 +858,7 @@ def _strip_id(chunk_state: dict[str, Any]) -> dict[str, Any]:
 def _embed_with_progress(embedder: Embedder, texts: list[str], bar: Any) -> np.ndarray:
     from rag.embed import embed_documents
 
-    step = 64
+    step = getattr(embedder, "batch", PROGRESS_STEP)  # a remote encoder: one request a step
     parts = []
     for start in range(0, len(texts), step):
         parts.append(embed_documents(embedder, texts[start : start + step]))

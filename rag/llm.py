@@ -216,7 +216,8 @@ class OpenAIEmbedder:
     """Embeddings from the OpenAI API (`RAG_EMBED_MODEL=openai:text-embedding-3-small`)."""
 
     max_tokens = 8000
-    batch = 256
+    batch = 256  # inputs per request (the API takes up to 2048)
+    batch_tokens = 200_000  # estimated tokens per request (the API takes up to 300,000)
 
     def __init__(self, model: str, settings: Settings) -> None:
         self.model = model
@@ -231,10 +232,25 @@ class OpenAIEmbedder:
         # An upper estimate (about 4 characters a token): chunks stay far below the window.
         return len(text) // 3 + 1
 
+    def batches(self, texts: Sequence[str]) -> Iterator[list[str]]:
+        """`texts` in order, in requests of at most `batch` inputs and `batch_tokens` tokens."""
+        part: list[str] = []
+        tokens = 0
+        for text in texts:
+            cost = self.count_tokens(text)
+            if part and (len(part) == self.batch or tokens + cost > self.batch_tokens):
+                yield part
+                part, tokens = [], 0
+            part.append(text)
+            tokens += cost
+        if part:
+            yield part
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """One request per batch; a rate limit (429) or a server error is retried after the
+        server's Retry-After (else with back-off), within `llm_timeout` per request."""
         rows: list[list[float]] = []
-        for start in range(0, len(texts), self.batch):
-            part = list(texts[start : start + self.batch])
+        for part in self.batches(texts):
 
             def once(timeout: float, part: list[str] = part) -> Any:
                 return self.client.embeddings.create(

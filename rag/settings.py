@@ -59,6 +59,14 @@ class Settings(BaseSettings):
         ),
     )
     embed_batch_size: int = Field(default=8, ge=1, description="Texts per embedding batch.")
+    embed_cache: bool = Field(
+        default=True,
+        description=(
+            "Keep embeddings from the OpenAI API in <index_dir>/embedding-cache/, keyed by a hash "
+            "of model and text, so no text is paid for twice (a new collection, a rebuilt store, "
+            "a re-run after a failure)."
+        ),
+    )
     embed_backend: Literal["onnx", "numpy"] = Field(
         default="onnx",
         description=(

@@ -46,6 +46,7 @@ class FakeLLM:
 
     def __init__(self) -> None:
         self.replies: deque[Reply] = deque()
+        self.embedding_faults: deque[Fault] = deque()  # answered before any embedding
         self.default: Reply = "I have no scripted reply."
         self.requests: list[dict[str, Any]] = []
         self.delay = 0.0
@@ -68,6 +69,9 @@ class FakeLLM:
 
     def chat_requests(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["path"].endswith("/chat/completions")]
+
+    def embedding_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["path"].endswith("/embeddings")]
 
     def start(self) -> FakeLLM:
         self.thread.start()
@@ -163,6 +167,10 @@ class FakeLLM:
                 self.close_connection = True
 
             def _embeddings(self, body: dict[str, Any]) -> None:
+                with fake._lock:
+                    fault = fake.embedding_faults.popleft() if fake.embedding_faults else None
+                if fault is not None:
+                    return self._send(fault.status, fault.body.encode(), fault.headers)
                 inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
                 data = [
                     {"object": "embedding", "index": i, "embedding": _toy_vector(text)}
