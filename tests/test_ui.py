@@ -181,6 +181,48 @@ def test_chat_in_a_real_browser_streams_cites_and_follows_up(
     page.close()
 
 
+def test_filters_in_the_page_restrict_what_is_searched_and_cited(
+    served: tuple[str, subprocess.Popen[str], Path], browser: Any, llm_server: FakeLLM,
+    bundled_corpus: Path,
+) -> None:  # fmt: skip
+    from rag.corpus import Paper, iter_file
+
+    url, _, _ = served
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    page.get_by_text("Filters: which papers may be searched and cited").click()
+    chat, sources = page.locator("#chat"), page.locator("#sources")
+    since = page.locator("#filter-since textarea, #filter-since input").first
+
+    since.fill("2024-13-45")
+    ask_in_page(page, "How does L-Mul replace floating point multiplication?")
+    chat.get_by_text("is not a date like 2024-01-31", exact=False).wait_for(timeout=60_000)
+
+    # Listing pages carry no year: no paper is dated, so none may be searched, none cited.
+    since.fill("2020-01-01")
+    asked = len(llm_server.chat_requests())
+    ask_in_page(page, "How does L-Mul replace floating point multiplication?")
+    sources.get_by_text("No retrieved paper supports an answer").wait_for(timeout=60_000)
+    assert len(llm_server.chat_requests()) == asked  # nothing to cite: the LLM is not called
+
+    # One source file: every paper shown comes from it.
+    since.fill("")
+    files = sorted(bundled_corpus.glob("*.txt"))
+    titles = {p.title for p in iter_file(files[1]) if isinstance(p, Paper)}
+    picker = page.locator("#filter-source input")
+    picker.click()
+    picker.fill(files[1].name)
+    picker.press("Enter")
+    page.keyboard.press("Escape")
+    ask_in_page(page, "language models")
+    sources.get_by_text("Also retrieved").wait_for(timeout=60_000)
+    panel = sources.inner_text()
+    listed = [line.split("] ", 1)[1].split(" · listed ")[0].strip()
+              for line in panel.splitlines() if re.match(r"^\[\d+\] ", line)]  # fmt: skip
+    assert len(listed) >= 3 and all(t in titles for t in listed), listed
+    page.close()
+
+
 def test_summaries_tab_topic_and_paper(
     served: tuple[str, subprocess.Popen[str], Path], browser: Any
 ) -> None:
