@@ -49,12 +49,11 @@ def _baseline_parts(index_dir: Path):  # noqa: ANN202 - llama-index objects
 def baseline_ingest(index_dir: Path) -> None:
     from llama_index.core import Document, StorageContext, VectorStoreIndex
 
-    from rag.api import _read_all
-    from rag.corpus import Fields, expand_paths, merge_papers
+    from rag.corpus import Paper, expand_paths, iter_file, merge_papers
     from rag.settings import Settings
 
     files = expand_paths([Settings().corpus_dir])
-    papers = merge_papers(_read_all(files, Fields(), [])).values()
+    papers = merge_papers(p for f in files for p in iter_file(f) if isinstance(p, Paper)).values()
     docs = [Document(text=p.abstract, metadata={"title": p.title}) for p in papers]
     store, embed = _baseline_parts(index_dir)
     VectorStoreIndex.from_documents(
