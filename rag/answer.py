@@ -62,6 +62,10 @@ class Source:
     def body(self) -> str:
         return self.text or self.snippet
 
+    def citation_json(self) -> dict[str, Any]:
+        """How a cited paper appears in JSON output."""
+        return {"n": self.n, "paper_id": self.paper_id, "title": self.title, "url": self.url}
+
 
 @dataclass
 class Answer:
@@ -84,16 +88,10 @@ class Answer:
             "question": self.question,
             "answer": self.answer,
             "mode": self.mode,
-            "citations": [
-                {"n": s.n, "paper_id": s.paper_id, "title": s.title, "url": s.url}
-                for s in self.citations
-            ],
+            "citations": [s.citation_json() for s in self.citations],
             "sources": [
                 {
-                    "n": s.n,
-                    "paper_id": s.paper_id,
-                    "title": s.title,
-                    "url": s.url,
+                    **s.citation_json(),
                     "snippet": s.snippet,
                     "quote": s.quote,
                     "evidence": None if s.evidence is None else round(s.evidence, 4),

@@ -133,16 +133,9 @@ def search(
 ) -> list[PaperHit]:
     """The best papers for `query`, best first (only papers that `filters` admits)."""
     from rag.answer import clean_question
-    from rag.embed import get_embedder
-    from rag.retrieve import get_retriever
 
     query = clean_question(query)
-    if retriever is None:
-        embedder = get_embedder(settings)
-        ensure_index(settings, embedder)
-        retriever = get_retriever(settings, embedder)
-    if filters:
-        retriever = retriever.restricted(filters)
+    retriever, _, _ = _collaborators(settings, True, None, retriever, None, filters)
     return retriever.search(query, k or settings.top_k)
 
 

@@ -39,6 +39,7 @@ GENERATION_KEY = "generation"
 LOCK_NAME = ".ingest.lock"
 PAPER_BATCH = 256  # papers compared with the index per round trip
 WRITE_BATCH = 2048  # chunks per Chroma write (below its max batch size)
+MASKS_KEPT = 64  # filters whose row masks the in-memory table keeps
 PROGRESS_STEP = 64  # texts embedded between progress-bar updates
 GET_PAGE = 10_000  # records per Chroma read of the whole collection
 
@@ -217,6 +218,8 @@ class ChunkTable:
 
     def mask(self, filters: Filter) -> np.ndarray:
         if filters not in self.masks:
+            if len(self.masks) >= MASKS_KEPT:  # many distinct filters (a long-running server)
+                self.masks.clear()
             self.masks[filters] = np.fromiter(
                 (filters.matches(m) for m in self.metas), dtype=bool, count=len(self.metas)
             )

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 import numpy as np
 
 from rag.corpus import paper_url
-from rag.index import Filter, Hit, Store
+from rag.index import MASKS_KEPT, Filter, Hit, Store
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 CHUNKS_PER_PAPER = 4  # chunks fetched per wanted paper, so that k distinct papers come back
 log = logging.getLogger(__name__)
 TOKENIZER_VERSION = 2  # bump when `tokenize` changes: saved BM25 indexes are then rebuilt
-MASKS_KEPT = 64  # filters whose admitted-paper masks a BM25 retriever keeps
 RRF_K = 60  # the usual reciprocal-rank-fusion constant (Cormack et al., 2009)
 # A word, or a hyphenated compound ("bi-level", "L-Mul"), which also counts joined ("bilevel").
 TOKEN = re.compile(r"\w+(?:-\w+)+|\w+")

@@ -73,10 +73,7 @@ class Summary:
             "topic": self.topic,
             "summary": self.summary,
             "mode": self.mode,
-            "citations": [
-                {"n": s.n, "paper_id": s.paper_id, "title": s.title, "url": s.url}
-                for s in self.citations
-            ],
+            "citations": [s.citation_json() for s in self.citations],
             "papers": [vars(p) for p in self.papers],
             "dropped_citations": self.dropped_citations,
             "note": self.note,
