@@ -62,9 +62,15 @@ def get_embedder(settings: Settings) -> Embedder:
     """The encoder named by `settings.embed_model`."""
     name = settings.embed_model
     if name == DEFAULT_MODEL:
+        precision = settings.embed_document_precision
+        if precision == "auto":
+            from rag import torch_encoder
+
+            native = settings.embed_backend == "onnx" and torch_encoder.available()
+            precision = "bfloat16" if native else "float32"
         return MiniLMEmbedder(
             bundled_minilm_path(), batch_size=settings.embed_batch_size,
-            backend=settings.embed_backend, int8_documents=settings.embed_int8_documents,
+            backend=settings.embed_backend, document_precision=precision,
         )  # fmt: skip
     if name.startswith("sentence-transformers:"):
         return SentenceTransformerEmbedder(name.split(":", 1)[1], settings.embed_batch_size)
@@ -133,13 +139,14 @@ class MiniLMEmbedder:
 
     def __init__(
         self, model_dir: Path, batch_size: int = 8, name: str = DEFAULT_MODEL,
-        backend: str = "onnx", int8_documents: bool = False,
+        backend: str = "onnx", document_precision: str = "float32",
     ) -> None:  # fmt: skip
         self.model_dir = Path(model_dir)
         self.batch_size = batch_size
         self.name = name
         self.backend = backend
-        self.int8_documents = int8_documents and backend == "onnx"
+        # Texts going into the index may take a faster arithmetic (see `embed_documents`).
+        self.document_precision = document_precision if backend == "onnx" else "float32"
         config = json.loads((self.model_dir / "config.json").read_text())
         self.layers = int(config["num_hidden_layers"])
         self.heads = int(config["num_attention_heads"])
@@ -203,7 +210,9 @@ class MiniLMEmbedder:
         return self._embed(texts, documents=False)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        return self._embed(texts, documents=self.int8_documents)
+        """Vectors for the index, in `document_precision`: float32 (as queries), bfloat16
+        (torch, on CPUs that have it natively) or int8 (the quantised ONNX graph)."""
+        return self._embed(texts, documents=self.document_precision != "float32")
 
     def _embed(self, texts: Sequence[str], documents: bool) -> np.ndarray:
         out = np.zeros((len(texts), self.hidden), dtype=np.float32)
@@ -214,9 +223,11 @@ class MiniLMEmbedder:
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
         if self.backend == "numpy":
             encode = self._numpy_encode
+        elif documents and self.document_precision == "bfloat16" and self._bf16 is not None:
+            encode = self._bf16_encode
         else:
-            session = self._int8_session if documents else self._session
-            encode = partial(self._session_encode, session)
+            int8 = documents and self.document_precision == "int8"
+            encode = partial(self._session_encode, self._int8_session if int8 else self._session)
         with self._lock:
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
@@ -238,6 +249,20 @@ class MiniLMEmbedder:
         except OSError as exc:
             log.info("no int8 model (%s); documents are embedded by the float model", exc)
             return self._session
+
+    @cached_property
+    def _bf16(self) -> Any:
+        """The bfloat16 torch encoder, or None (float32 then) when torch cannot load."""
+        try:
+            from rag.torch_encoder import Bf16Encoder
+
+            return Bf16Encoder(self._weights, self.layers, self.heads, self.eps, _CORES)
+        except ImportError as exc:
+            log.info("no torch (%s); documents are embedded in float32", exc)
+            return None
+
+    def _bf16_encode(self, batch_ids: list[list[int]]) -> np.ndarray:
+        return self._bf16(*_padded(batch_ids))
 
     @staticmethod
     def _session_encode(session: Any, batch_ids: list[list[int]]) -> np.ndarray:

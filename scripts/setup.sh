@@ -9,12 +9,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 extra="${1:-}"
+# torch runs the bfloat16 document encoder of ingest (and, in the tests, sentence-transformers,
+# which our MiniLM is checked against). Pinned: the CPU build; an unpinned torch pulls a
+# multi-GB CUDA build.
+"$VENV/bin/pip" install -q "torch==2.13.0"
 if [ "$extra" = "test" ]; then
-  # torch only serves the test that checks our NumPy MiniLM against sentence-transformers.
-  # Pinned: the CPU build; an unpinned torch pulls a multi-GB CUDA build.
-  "$VENV/bin/pip" install -q "torch==2.13.0"
   "$VENV/bin/pip" install -q -e "$ROOT[test]"
 else
-  "$VENV/bin/pip" install -q -e "$ROOT[ui,eval]"
+  "$VENV/bin/pip" install -q -e "$ROOT[ui,eval,fast]"
 fi
 export PATH="$VENV/bin:$PATH"

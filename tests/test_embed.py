@@ -56,12 +56,84 @@ def test_onnx_graph_is_built_once_into_the_cache_or_in_memory(
 
 
 def test_int8_documents_are_close_to_float_and_queries_stay_float() -> None:
-    embedder = MiniLMEmbedder(bundled_minilm_path(), int8_documents=True)
+    embedder = MiniLMEmbedder(bundled_minilm_path(), document_precision="int8")
     floats = MiniLMEmbedder(bundled_minilm_path()).embed(TEXTS)
     docs = embedder.embed_documents(TEXTS)
     assert np.array_equal(embedder.embed(TEXTS), floats)  # queries: the float model
     cosines = (docs * floats).sum(axis=1)
     assert not np.array_equal(docs, floats) and cosines.min() > 0.98
+
+
+MIXED = [*TEXTS, "a", "Attention is all you need. " * 7, "Sparse mixture of experts " * 11]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bf16_documents_are_within_cosine_1e4_of_float(
+    fused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torch")
+    from rag import torch_encoder
+
+    if not fused:  # the plain-linear path, for a torch without oneDNN's fused ops
+        monkeypatch.setattr(torch_encoder, "_fused_linear_ops", lambda torch: False)
+    embedder = MiniLMEmbedder(bundled_minilm_path(), batch_size=3, document_precision="bfloat16")
+    floats = MiniLMEmbedder(bundled_minilm_path(), batch_size=3).embed(MIXED)
+    docs = embedder.embed_documents(MIXED)
+    assert embedder._bf16 is not None and embedder._bf16.fused is fused
+    assert np.array_equal(embedder.embed(MIXED), floats)  # queries: the float32 graph
+    assert docs.dtype == np.float32 and np.allclose(np.linalg.norm(docs, axis=1), 1.0, atol=1e-5)
+    cosines = (docs * floats).sum(axis=1)
+    assert not np.array_equal(docs, floats) and cosines.min() > 0.9999
+    # Padding (to the batch's longest text, then to a multiple of 16) changes nothing.
+    alone = np.concatenate([embedder.embed_documents([t]) for t in MIXED])
+    assert ((alone * docs).sum(axis=1)).min() > 0.99999
+
+
+def test_bf16_falls_back_to_float32_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    embedder = MiniLMEmbedder(bundled_minilm_path(), document_precision="bfloat16")
+    floats = MiniLMEmbedder(bundled_minilm_path()).embed(TEXTS)
+    assert np.array_equal(embedder.embed_documents(TEXTS), floats)
+
+
+def test_cpu_bf16_is_read_from_cpu_flags(tmp_path) -> None:
+    from rag.torch_encoder import cpu_has_bf16
+
+    def cpuinfo(flags: str) -> str:
+        path = tmp_path / f"cpuinfo-{len(flags)}"
+        path.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\n")
+        return str(path)
+
+    assert cpu_has_bf16(cpuinfo("fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni"))
+    assert cpu_has_bf16(cpuinfo("fpu avx512f amx_bf16 amx_tile"))
+    assert not cpu_has_bf16(cpuinfo("fpu sse2 avx2 avx512f avx512_vnni"))
+    assert not cpu_has_bf16(cpuinfo("fpu avx512_bf16x"))  # whole flags only
+    assert not cpu_has_bf16(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize(
+    ("setting", "native", "backend", "expected"),
+    [
+        ("auto", True, "onnx", "bfloat16"),
+        ("auto", False, "onnx", "float32"),
+        ("auto", True, "numpy", "float32"),
+        ("float32", True, "onnx", "float32"),
+        ("int8", True, "onnx", "int8"),
+        ("bfloat16", False, "onnx", "bfloat16"),
+    ],
+)
+def test_document_precision_auto_takes_bf16_only_where_native(
+    setting: str, native: bool, backend: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag import torch_encoder
+    from rag.embed import get_embedder
+    from rag.settings import Settings
+
+    monkeypatch.setattr(torch_encoder, "available", lambda: native)
+    settings = Settings(embed_document_precision=setting, embed_backend=backend)
+    assert get_embedder(settings).document_precision == expected
 
 
 def test_ingest_embeds_documents_through_embed_documents(tmp_path) -> None:
