@@ -78,12 +78,12 @@ class Settings(BaseSettings):
         default="auto",
         description=(
             "Arithmetic of the bundled MiniLM for texts going into the index (queries and answer "
-            "evidence always use float32). bfloat16: through torch, about 1.7x faster ingest on "
-            "CPUs with native bfloat16 (AVX512-BF16 or AMX), vectors within cosine 0.9999 of "
-            "float32; int8: the int8-quantised ONNX graph, about 1.7x faster on any CPU with "
-            "VNNI, vectors within cosine 0.99 (on the dev questions one multi-paper question "
-            "lost a paper from its top 5); auto: bfloat16 where the CPU has it natively and "
-            "torch is installed, else float32."
+            "evidence always use float32). bfloat16: through torch, on CPUs with native "
+            "bfloat16 (AVX512-BF16 or AMX), the encoder 1.5x to 1.7x faster (ingest 1.3x), "
+            "vectors within cosine 0.9999 of float32; int8: the int8-quantised ONNX graph, "
+            "ingest 1.6x faster on CPUs with VNNI, vectors within cosine 0.99 (on the dev "
+            "questions one multi-paper question lost a paper from its top 5); auto: bfloat16 "
+            "where the CPU has it natively and torch is installed, else float32."
         ),
     )
     chunk_tokens: int = Field(
