@@ -122,6 +122,9 @@ def ensure_index(settings: Settings, embedder: Embedder, progress: bool = False)
     if not Store(settings, embedder.name).exists():
         log.warning("no index yet: building it from the bundled corpus (%s)", settings.corpus_dir)
         ingest(None, settings, embedder=embedder, progress=progress)
+        release = getattr(embedder, "release_document_encoder", None)
+        if release is not None:  # a server goes on with the query encoder only
+            release()
 
 
 def search(

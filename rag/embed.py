@@ -250,6 +250,19 @@ class MiniLMEmbedder:
             log.info("no int8 model (%s); documents are embedded by the float model", exc)
             return self._session
 
+    def release_document_encoder(self) -> None:
+        """Free what only texts going into the index use (the bfloat16 torch weights, the int8
+        graph, the NumPy weights behind them) once an ingest is over: a server that built its
+        index on first start keeps only the float32 query graph. The next ingest loads them
+        again."""
+        with self._lock:
+            for name in (
+                "_bf16",
+                "_int8_session",
+                *(("_weights",) if self.backend == "onnx" else ()),
+            ):
+                self.__dict__.pop(name, None)
+
     @cached_property
     def _bf16(self) -> Any:
         """The bfloat16 torch encoder, or None (float32 then) when torch cannot load."""

@@ -156,3 +156,43 @@ def test_ingest_embeds_documents_through_embed_documents(tmp_path) -> None:
     paper = Paper("p1", "A title", "An abstract about things.", (Listing("x"),))
     ingest_papers([paper], Settings(index_dir=tmp_path / "ix"), embedder)
     assert calls == ["documents"]
+
+
+def test_a_first_start_build_frees_the_document_encoder(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rag serve` builds a missing index in-process, then answers with the query graph only:
+    the bfloat16 torch weights used for the build are not kept for the server's lifetime."""
+    pytest.importorskip("torch")
+    from tests.helpers import write_jsonl
+
+    from rag import api, torch_encoder
+    from rag.embed import get_embedder
+    from rag.index import Store
+    from rag.settings import Settings
+
+    built: list[object] = []
+    original = torch_encoder.Bf16Encoder.__init__
+
+    def spy(self, *args, **kwargs) -> None:
+        built.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch_encoder.Bf16Encoder, "__init__", spy)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_jsonl(corpus / "papers.jsonl", [
+        {"title": "Pointer Networks", "abstract": "We introduce a new neural architecture. " * 3},
+        {"title": "L-Mul", "abstract": "Floating point multiplication by integer addition."},
+    ])  # fmt: skip
+    settings = Settings(
+        index_dir=tmp_path / "ix", corpus_dir=corpus, embed_document_precision="bfloat16"
+    )
+    embedder = get_embedder(settings)
+    api.ensure_index(settings, embedder)
+    assert Store(settings, embedder.name).paper_count() == 2 and len(built) == 1
+    assert not {"_bf16", "_weights", "_int8_session"} & set(vars(embedder))
+    hits = api.search("integer addition for multiplication", settings)
+    assert hits[0].title == "L-Mul"
+    api.ensure_index(settings, embedder)  # built already: nothing loaded again
+    assert len(built) == 1 and "_bf16" not in vars(embedder)
