@@ -66,8 +66,7 @@ def get_embedder(settings: Settings) -> Embedder:
         if precision == "auto":
             from rag import torch_encoder
 
-            native = settings.embed_backend == "onnx" and torch_encoder.available()
-            precision = "bfloat16" if native else "float32"
+            precision = "bfloat16" if torch_encoder.available() else "float32"
         return MiniLMEmbedder(
             bundled_minilm_path(), batch_size=settings.embed_batch_size,
             backend=settings.embed_backend, document_precision=precision,

@@ -57,9 +57,10 @@ class Bf16Encoder:
         self, weights: dict[str, np.ndarray], layers: int, heads: int, eps: float, threads: int
     ) -> None:
         import torch
+        import torch.nn.functional
 
         torch.set_num_threads(threads)
-        self.torch = torch
+        self.torch, self.F = torch, torch.nn.functional
         self.layers, self.heads, self.eps = layers, heads, eps
         self.hidden = int(weights["ln_g"].shape[0])
         f32 = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
@@ -88,8 +89,7 @@ class Bf16Encoder:
 
     def _linear(self, x: Any, key: str, act: str = "none", residual: Any = None) -> Any:
         """x @ W + b, then GELU (act="gelu") or plus `residual`, fused by oneDNN when it can."""
-        import torch.nn.functional as F
-
+        F = self.F
         w, b = self.w[key], self.w[key + "_b"]
         if self.fused:
             ops = self.torch.ops.mkldnn
@@ -102,14 +102,12 @@ class Bf16Encoder:
         return y if residual is None else y + residual
 
     def _norm(self, x: Any, key: str) -> Any:
-        import torch.nn.functional as F
-
+        F = self.F
         w, b = self.w[key + "_g"], self.w[key + "_b"]
         return F.layer_norm(x.float(), (self.hidden,), w, b, self.eps).to(self.torch.bfloat16)
 
     def _forward(self, ids: Any, mask: Any) -> Any:
-        import torch.nn.functional as F
-
+        F = self.F
         torch, w = self.torch, self.w
         size, length = ids.shape
         heads, dim = self.heads, self.hidden // self.heads

@@ -164,12 +164,11 @@ def test_a_first_start_build_frees_the_document_encoder(
     """`rag serve` builds a missing index in-process, then answers with the query graph only:
     the bfloat16 torch weights used for the build are not kept for the server's lifetime."""
     pytest.importorskip("torch")
-    from tests.helpers import write_jsonl
-
     from rag import api, torch_encoder
     from rag.embed import get_embedder
     from rag.index import Store
     from rag.settings import Settings
+    from tests.helpers import write_jsonl
 
     built: list[object] = []
     original = torch_encoder.Bf16Encoder.__init__

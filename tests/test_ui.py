@@ -130,6 +130,13 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
+def open_page(browser: Any, url: str) -> Any:
+    """A desktop-sized tab on the chat UI."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    return page
+
+
 def ask_in_page(page: Any, question: str) -> None:
     box = page.locator("#question textarea")
     box.fill(question)
@@ -141,8 +148,7 @@ def test_chat_in_a_real_browser_streams_cites_and_follows_up(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     url, _, log = served
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(url)
+    page = open_page(browser, url)
     page.locator("#question textarea").wait_for(timeout=60_000)
 
     llm_server.chunk_delay = 0.15  # slow enough to watch the tokens arrive
@@ -188,8 +194,7 @@ def test_filters_in_the_page_restrict_what_is_searched_and_cited(
     from rag.corpus import Paper, iter_file
 
     url, _, _ = served
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(url)
+    page = open_page(browser, url)
     page.get_by_text("Filters: which papers may be searched and cited").click()
     chat, sources = page.locator("#chat"), page.locator("#sources")
     since = page.locator("#filter-since textarea, #filter-since input").first
@@ -227,8 +232,7 @@ def test_summaries_tab_topic_and_paper(
     served: tuple[str, subprocess.Popen[str], Path], browser: Any
 ) -> None:
     url, _, _ = served
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(url)
+    page = open_page(browser, url)
     page.get_by_role("tab", name="Summaries").click()
     page.locator("#topic textarea, #topic input").first.fill("medical image segmentation datasets")
     page.locator("#summarize-topic").click()
