@@ -137,7 +137,7 @@ def run(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
 
 
 def quality(rankings: list[dict], questions: Path) -> dict[str, float]:
-    from rag.evaluate import mean, recall_at_k, reciprocal_rank
+    from rag.eval.metrics import mean, recall_at_k, reciprocal_rank
 
     qs = [json.loads(line) for line in questions.open()]
     single = [(r, q) for r, q in zip(rankings, qs, strict=True) if q["type"] in ("single", "title")]
@@ -175,11 +175,15 @@ def main() -> None:
             ratio = base / mine
             rows.append((name, f"{mine:.2f} {unit}", f"{base:.2f} {unit}", f"{ratio:.1f}x"))
 
-        ours_imp = run(["-c", "import rag.cli, rag.api, rag.retrieve, rag.index"], env)
+        ours_imp = run(["-c", "import rag.cli, rag.api, rag.retrieve, rag.store"], env)
         base_imp = run(
-            ["-c", "import llama_index.core, llama_index.embeddings.huggingface, "
-             "llama_index.vector_stores.chroma"], env,
-        )  # fmt: skip
+            [
+                "-c",
+                "import llama_index.core, llama_index.embeddings.huggingface, "
+                "llama_index.vector_stores.chroma",
+            ],
+            env,
+        )
         row("imports of the query path", ours_imp[0], base_imp[0], "s")
         ours_ing = run(["-m", "rag", "ingest"], env)
         base_ing = run([*me, "baseline_ingest", str(theirs)], env)
@@ -188,10 +192,14 @@ def main() -> None:
         ours_q = run(["-m", "rag", "search", query, "--json", "-k", str(K)], env)
         base_q = run([*me, "baseline_query", str(theirs), query], env)
         row("one query, fresh process", ours_q[0], base_q[0], "s")
-        row("re-ingest, nothing changed", run(["-m", "rag", "ingest"], env)[0],
-            run([*me, "baseline_ingest", str(theirs)], env)[0], "s")  # fmt: skip
+        row(
+            "re-ingest, nothing changed",
+            run(["-m", "rag", "ingest"], env)[0],
+            run([*me, "baseline_ingest", str(theirs)], env)[0],
+            "s",
+        )
 
-        from rag.torch_encoder import available
+        from rag.encoders.torch_encoder import available
 
         default = "bfloat16" if available() else "float32"
         options = {}  # the other document precisions, each a fresh index

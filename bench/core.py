@@ -54,7 +54,7 @@ def main() -> None:
         for mode in ("dense", "bm25", "hybrid"):
             retriever = get_retriever(Settings(index_dir=Path(tmp)), mode=mode)
             retriever.search("warm-up", 10)
-            rag.embed._CACHE = rag.embed.VectorCache()  # every mode embeds its queries itself
+            rag.embed.clear_cache()  # every mode embeds its queries itself
             times = []
             for q in questions:
                 start = time.perf_counter()

@@ -47,11 +47,19 @@ def main() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "OPENAI_API_KEY": "sk-load", "OPENAI_BASE_URL": fake.base_url,
-           "RAG_LLM_MODEL": "m", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "OPENAI_API_KEY": "sk-load",
+        "OPENAI_BASE_URL": fake.base_url,
+        "RAG_LLM_MODEL": "m",
+        "HF_HUB_OFFLINE": "1",
+    }
     launched = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "rag", "serve", "--port", str(port)],
-                              env=env, stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rag", "serve", "--port", str(port)],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -65,8 +73,9 @@ def main() -> None:
     # One client per user, connected before the clock starts (a client's set-up is not the
     # server's latency, and here it would compete with the server for the same 2 cores).
     with ThreadPoolExecutor(8) as pool:
-        clients = list(pool.map(lambda _: Client(url, verbose=False, analytics_enabled=False),
-                                range(n)))  # fmt: skip
+        clients = list(
+            pool.map(lambda _: Client(url, verbose=False, analytics_enabled=False), range(n))
+        )
 
     def one(i: int) -> tuple[bool, float]:
         start = time.perf_counter()
@@ -91,9 +100,11 @@ def main() -> None:
     print(f"rag serve on a built index: {startup:.1f} s from start to serving the page")
     print("| chats | LLM delay | completed | failed | p50 | p95 | wall | server peak RSS |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {n} | {delay:g} s | {sum(ok for ok, _ in results)} | "
-          f"{sum(not ok for ok, _ in results)} | {statistics.median(times):.2f} s | {p95:.2f} s | "
-          f"{wall:.2f} s | {peak_mb:.0f} MB |")  # fmt: skip
+    print(
+        f"| {n} | {delay:g} s | {sum(ok for ok, _ in results)} | "
+        f"{sum(not ok for ok, _ in results)} | {statistics.median(times):.2f} s | {p95:.2f} s | "
+        f"{wall:.2f} s | {peak_mb:.0f} MB |"
+    )
 
 
 if __name__ == "__main__":

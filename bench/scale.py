@@ -25,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from rag.embed import Embedder  # noqa: E402 - after the path is set
+
 DIM = 384
 WORDS = (
     "model data learning training language neural network attention graph optimisation "
@@ -33,7 +35,7 @@ WORDS = (
 ).split()
 
 
-class StubEmbedder:
+class StubEmbedder(Embedder):
     """Deterministic random unit vectors; whitespace tokens."""
 
     name = "stub-random-384"
@@ -62,8 +64,9 @@ def bench_query(n_chunks: int, tmp: Path) -> list[tuple[str, str]]:
     import numpy as np
 
     from rag.corpus import Listing, Paper
-    from rag.index import WRITE_BATCH, Chunk, Store
+    from rag.ingest import Chunk
     from rag.settings import Settings
+    from rag.store import WRITE_BATCH, Store
 
     settings = Settings(index_dir=tmp / "query-index")
     store = Store(settings, StubEmbedder.name)
@@ -77,7 +80,12 @@ def bench_query(n_chunks: int, tmp: Path) -> list[tuple[str, str]]:
             paper = Paper(f"p{i // 2:07d}", f"Paper {i // 2}", "text", (Listing("synthetic"),))
             chunks.append(Chunk(f"p{i // 2:07d}#{i % 2}", paper, i % 2, 2, f"chunk {i}", "h"))
         vectors = rng.standard_normal((count, DIM)).astype(np.float32)
-        store.write(chunks, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+        store.write(
+            [c.chunk_id for c in chunks],
+            vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
+            [c.text for c in chunks],
+            [c.metadata() for c in chunks],
+        )
     rows = [
         (f"write {n_chunks:,} chunks through Store.write", f"{time.perf_counter() - start:.0f} s")
     ]
@@ -136,8 +144,10 @@ def bench_ingest(sizes: list[int], tmp: Path) -> list[tuple[str, str]]:
                 )
         proc = subprocess.run(
             [sys.executable, __file__, "--ingest-child", str(path), str(tmp / f"ingest-{n}")],
-            capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"},
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
         if proc.returncode:
             raise SystemExit(f"ingest of {n:,} papers failed:\n{proc.stderr[-3000:]}")
         got = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -36,9 +36,12 @@ def main() -> None:
     print("|---|---|---|---|")
     for concurrency in (1, 8):
         settings = Settings(
-            openai_api_key="sk-bench", openai_base_url=fake.base_url, llm_model="fake",
-            llm_concurrency=concurrency, summary_min_relevance=0.0,
-        )  # fmt: skip
+            openai_api_key="sk-bench",
+            openai_base_url=fake.base_url,
+            llm_model="fake",
+            llm_concurrency=concurrency,
+            summary_min_relevance=0.0,
+        )
         before = len(fake.chat_requests())
         start = time.perf_counter()
         summary = api.summarize(TOPIC, settings, 8, retriever=retriever, embedder=embedder)

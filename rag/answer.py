@@ -67,15 +67,27 @@ class Source:
         return {"n": self.n, "paper_id": self.paper_id, "title": self.title, "url": self.url}
 
 
-@dataclass
-class Answer:
-    question: str
-    answer: str
+@dataclass(kw_only=True)
+class Cited:
+    """What answers and summaries share: how they were written, the sources their `[n]`
+    markers cite (in order of first citation), the markers dropped because they named no
+    source, and a note for the reader."""
+
     mode: str  # "llm" or "extractive"
     citations: list[Source]
-    sources: list[Source]
     dropped_citations: list[int] = field(default_factory=list)
     note: str | None = None
+
+    @property
+    def cited_json(self) -> list[dict[str, Any]]:
+        return [s.citation_json() for s in self.citations]
+
+
+@dataclass
+class Answer(Cited):
+    question: str
+    answer: str
+    sources: list[Source]
     interrupted: str | None = None
     """Why the answer stopped early (the LLM stream broke off), else None."""
 
@@ -84,20 +96,21 @@ class Answer:
         return is_refusal(self.answer)
 
     def to_json(self) -> dict[str, Any]:
+        sources = [
+            {
+                **s.citation_json(),
+                "snippet": s.snippet,
+                "quote": s.quote,
+                "evidence": None if s.evidence is None else round(s.evidence, 4),
+            }
+            for s in self.sources
+        ]
         return {
             "question": self.question,
             "answer": self.answer,
             "mode": self.mode,
-            "citations": [s.citation_json() for s in self.citations],
-            "sources": [
-                {
-                    **s.citation_json(),
-                    "snippet": s.snippet,
-                    "quote": s.quote,
-                    "evidence": None if s.evidence is None else round(s.evidence, 4),
-                }
-                for s in self.sources
-            ],
+            "citations": self.cited_json,
+            "sources": sources,
             "dropped_citations": self.dropped_citations,
             "note": self.note,
             "interrupted": self.interrupted,
@@ -177,8 +190,17 @@ def build_messages(question: str, sources: Sequence[Source]) -> list[dict[str, s
     ]
 
 
-def refusal(question: str, sources: list[Source], mode: str, note: str | None) -> Answer:
-    return Answer(question, f"{NOT_COVERED}.", mode, [], sources, [], note)
+def refusal(
+    question: str,
+    sources: list[Source],
+    mode: str,
+    note: str | None = None,
+    dropped: Sequence[int] = (),
+) -> Answer:
+    text = f"{NOT_COVERED}."
+    return Answer(
+        question, text, sources, mode=mode, citations=[], note=note, dropped_citations=list(dropped)
+    )
 
 
 def llm_answer(
@@ -204,10 +226,12 @@ def llm_answer(
         raw = "".join(parts)
     text, cited, dropped = resolve_citations(raw, sources)
     if not interrupted and (is_refusal(text) or not text):
-        return Answer(question, f"{NOT_COVERED}.", "llm", [], sources, dropped)
+        return refusal(question, sources, "llm", dropped=dropped)
     if interrupted:
         text = f"{text}\n\n[{interrupted}]"
-    return Answer(question, text, "llm", cited, sources, dropped, interrupted=interrupted)
+    return Answer(
+        question, text, sources, interrupted, mode="llm", citations=cited, dropped_citations=dropped
+    )
 
 
 def split_sentences(text: str) -> list[str]:
@@ -243,7 +267,9 @@ def extractive_answer(question: str, sources: list[Source]) -> Answer:
         s for s in sources[:EXTRACTIVE_PAPERS] if (s.evidence or 0.0) >= best - EXTRACTIVE_MARGIN
     ]
     text = "\n".join(f"- {quoted(s.quote)} [{s.n}]" for s in chosen)
-    return Answer(question, text, "extractive", list(chosen), sources, [], EXTRACTIVE_NOTE)
+    return Answer(
+        question, text, sources, mode="extractive", citations=chosen, note=EXTRACTIVE_NOTE
+    )
 
 
 def answer_question(

@@ -1,22 +1,36 @@
-"""The entry layer: what the CLI, the UI and scripts call. Each function takes `settings`
-explicitly, and collaborators (retriever, LLM, embedder) that callers may swap."""
+"""The entry layer: what the CLI, the UI and scripts call.
+
+It resolves what every stage below takes as arguments (the settings, the embedder, the
+retriever, the LLM) and is the one place that decides to ingest: `ingest` and `ensure_index`
+(a first run builds the bundled corpus). Queries never build an index: on a missing one they
+stop with a message saying to run `rag ingest`.
+
+`Assistant` holds what queries share; the module functions (`search`, `ask`, `chat`,
+`summarize`, `summarize_paper`) build one per call from `settings` and the optional
+collaborators of `Using`.
+"""
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
-from rag.corpus import Fields, FilePosition, Paper, Problem, detect_format, expand_paths, iter_file
+from rag import limits
 from rag.errors import InputError
 
 if TYPE_CHECKING:
     from rag.answer import Answer
     from rag.conversation import Turn
+    from rag.corpus import Fields
     from rag.embed import Embedder
-    from rag.index import Checkpoints, Filter, IngestReport
+    from rag.filters import Filter
+    from rag.ingest import IngestReport
     from rag.llm import LLM
     from rag.retrieve import PaperHit, Retriever
     from rag.settings import Settings
@@ -25,60 +39,226 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class _Reader:
-    """The papers of a list of files, read one after the other; bad files and records go to
-    the report's errors, records the filter leaves out are counted, and each JSON Lines file
-    resumes from its checkpoint and is checkpointed as batches are written."""
+class Using(TypedDict, total=False):
+    """Collaborators a caller may pass instead of the configured ones."""
 
-    def __init__(
+    no_llm: bool
+    """Answer extractively even when an LLM is configured."""
+    llm: LLM | None
+    retriever: Retriever | None
+    """Used for the configured retriever mode (`settings.retriever`)."""
+    embedder: Embedder | None
+
+
+class Assistant:
+    """What every query shares: the settings, the embedder, one retriever per mode (built on
+    first use) and the LLM (None: extractive answers). The UI keeps one for the life of the
+    server; `adjusted()` gives a request its own settings with the rest shared."""
+
+    def __init__(self, settings: Settings, **using: Unpack[Using]) -> None:
+        from rag.embed import get_embedder
+
+        self.settings = settings
+        self.embedder = using.get("embedder") or get_embedder(settings)
+        self.llm = configured_llm(settings, using.get("no_llm", False), using.get("llm"))
+        given = using.get("retriever")
+        self._retrievers: dict[str, Retriever] = {settings.retriever: given} if given else {}
+        self._lock = threading.Lock()
+
+    def adjusted(self, no_llm: bool | None = None, **changes: Any) -> Assistant:
+        """This assistant with some settings changed (`top_k`, `retriever`, `llm_model`...)
+        and, when `no_llm` is given, the LLM chosen again; embedder and retrievers shared."""
+        clone = copy.copy(self)
+        clone.settings = self.settings.model_copy(update=changes)
+        if no_llm is not None or "llm_model" in changes:
+            clone.llm = configured_llm(clone.settings, bool(no_llm))
+        return clone
+
+    def retriever(self, filters: Filter | None = None, mode: str | None = None) -> Retriever:
+        """The retriever of `mode` (default: the configured one), restricted to `filters`."""
+        from rag.retrieve import get_retriever
+
+        mode = mode or self.settings.retriever
+        with self._lock:
+            if mode not in self._retrievers:
+                self._retrievers[mode] = get_retriever(self.settings, self.embedder, mode)
+            retriever = self._retrievers[mode]
+        return retriever.restricted(filters) if filters else retriever
+
+    def search(
+        self, query: str, k: int | None = None, filters: Filter | None = None
+    ) -> list[PaperHit]:
+        """The best papers for `query`, best first (only papers that `filters` admits)."""
+        from rag.answer import clean_question
+
+        return self.retriever(filters).search(clean_question(query), k or self.settings.top_k)
+
+    def ask(
         self,
-        files: Sequence[Path],
-        fields: Fields,
-        fmt: str | None,
-        keep: Filter | None,
-        checkpoints: Checkpoints,
-        report: IngestReport,
-    ) -> None:
-        self.files, self.fields, self.fmt, self.keep = files, fields, fmt, keep
-        self.checkpoints, self.report = checkpoints, report
-        self.reading: dict[str, FilePosition] = {}  # checkpoint key -> place in the file
-        self.finished: list[str] = []
+        question: str,
+        k: int | None = None,
+        on_token: Callable[[str], None] | None = None,
+        filters: Filter | None = None,
+    ) -> Answer:
+        """A cited answer to `question`: from the LLM when there is one, else extractive. Only
+        papers that `filters` admits are retrieved, and so cited."""
+        answer, _ = self.chat(question, [], k, on_token, filters)
+        return answer
 
-    def papers(self) -> Iterator[Paper]:
-        for path in self.files:
-            try:
-                yield from self._file(path)
-            except InputError as exc:
-                self.report.errors.append(str(exc))
+    def chat(
+        self,
+        message: str,
+        history: Sequence[Turn],
+        k: int | None = None,
+        on_token: Callable[[str], None] | None = None,
+        filters: Filter | None = None,
+    ) -> tuple[Answer, Turn]:
+        """One chat turn: `message` read in the light of `history` (oldest first), answered
+        with citations; returns the answer and the turn to append to the history."""
+        from rag.answer import answer_question, clean_question
+        from rag.conversation import Turn, condense, pinned_papers
 
-    def _file(self, path: Path) -> Iterator[Paper]:
-        fmt = self.fmt or detect_format(path)
-        key, position = "", None
-        if fmt in ("jsonl", "arxiv") and path.is_file():
-            key = self.checkpoints.key(path, json.dumps([fmt, list(vars(self.fields).values()),
-                                                         repr(self.keep)]))  # fmt: skip
-            position = self.checkpoints.load(key) or FilePosition()
-            if position.line:
-                self.report.resumed.append(f"{path}: from line {position.line + 1}")
-            self.reading[key] = position
-        for item in iter_file(path, self.fields, fmt, position):
-            if isinstance(item, Problem):
-                self.report.errors.append(str(item))
-            elif self.keep and not self.keep.admits(item):
-                self.report.papers_filtered += 1
-            else:
-                yield item
-        if key:
-            self.finished.append(key)
+        question = clean_question(message)
+        k = k or self.settings.top_k
+        retriever = self.retriever(filters)
+        standalone = condense(question, history, self.llm)
+        papers = retriever.search(standalone, k)
+        pins = [] if self.llm is not None else pinned_papers(question, history)
+        if pins:
+            kept = retriever.papers_by_id(pins)[:k]
+            papers = kept + [p for p in papers if p.paper_id not in pins][: k - len(kept)]
+        retriever.attach_texts(papers)
+        answer = answer_question(
+            standalone, papers, self.settings, self.embedder, self.llm, on_token
+        )
+        answer.question = question
+        turn = Turn(question, answer.answer, standalone, [s.paper_id for s in answer.citations])
+        return answer, turn
 
-    def batch_written(self) -> None:
-        """Everything read so far is in the index: move the checkpoints up."""
-        for key in self.finished:
-            self.checkpoints.done(key)
-            self.reading.pop(key, None)
-        self.finished.clear()
-        for key, position in self.reading.items():
-            self.checkpoints.save(key, position)
+    def summarize(
+        self,
+        topic: str,
+        max_papers: int = limits.SUMMARY_PAPERS,
+        on_progress: Callable[[int, int], None] | None = None,
+        filters: Filter | None = None,
+    ) -> Summary:
+        """A cited overview of what the collection (the part `filters` admits) says about
+        `topic`; `on_progress(done, total)` as the per-paper LLM calls finish."""
+        from rag.answer import clean_question
+        from rag.summarize import summarize_topic
+
+        return summarize_topic(
+            clean_question(topic),
+            self.settings,
+            self.retriever(filters),
+            self.embedder,
+            self.llm,
+            max_papers,
+            on_progress,
+        )
+
+    def summarize_paper(self, query: str, filters: Filter | None = None) -> Summary:
+        """A cited summary of one paper, named by id or (close) title, among those `filters`
+        admits."""
+        from rag.answer import clean_question
+        from rag.summarize import summarize_paper
+
+        return summarize_paper(
+            clean_question(query), self.settings, self.retriever(filters), self.llm
+        )
+
+    def source_files(self) -> list[str]:
+        """The files the collection's papers were read from (none for a collection above
+        `ui_scan_max_chunks`: too costly to list)."""
+        chunks = self._scan()
+        return sorted({s for c in chunks for s in c.metadata.get("sources") or ()})
+
+    def paper_titles(self) -> list[str]:
+        """Paper titles for a picker, at most `ui_max_titles` (none for a collection above four
+        times that many chunks: type a title instead)."""
+        limit = self.settings.ui_max_titles
+        chunks = self._scan(4 * limit)
+        return sorted({c.metadata["title"] for c in chunks})[:limit]
+
+    def _scan(self, max_chunks: int | None = None) -> list[Any]:
+        from rag.store import Store
+
+        store = Store(self.settings, self.embedder.name)
+        limit = min(
+            max_chunks or self.settings.ui_scan_max_chunks, self.settings.ui_scan_max_chunks
+        )
+        if not store.exists() or store.count() > limit:
+            return []
+        return store.all_chunks()
+
+
+def configured_llm(settings: Settings, no_llm: bool = False, llm: LLM | None = None) -> LLM | None:
+    """The LLM a call uses: none with `no_llm`, else the given one, else the configured one."""
+    if no_llm:
+        return None
+    if llm is None and settings.llm_configured:
+        from rag.llm import LLM
+
+        llm = LLM(settings)
+    return llm
+
+
+def search(
+    query: str,
+    settings: Settings,
+    k: int | None = None,
+    filters: Filter | None = None,
+    **using: Unpack[Using],
+) -> list[PaperHit]:
+    """`Assistant.search` with the configured (or given) collaborators."""
+    return Assistant(settings, **using).search(query, k, filters)
+
+
+def ask(
+    question: str,
+    settings: Settings,
+    k: int | None = None,
+    on_token: Callable[[str], None] | None = None,
+    filters: Filter | None = None,
+    **using: Unpack[Using],
+) -> Answer:
+    """`Assistant.ask` with the configured (or given) collaborators."""
+    return Assistant(settings, **using).ask(question, k, on_token, filters)
+
+
+def chat(
+    message: str,
+    history: Sequence[Turn],
+    settings: Settings,
+    k: int | None = None,
+    on_token: Callable[[str], None] | None = None,
+    filters: Filter | None = None,
+    **using: Unpack[Using],
+) -> tuple[Answer, Turn]:
+    """`Assistant.chat` with the configured (or given) collaborators."""
+    return Assistant(settings, **using).chat(message, history, k, on_token, filters)
+
+
+def summarize(
+    topic: str,
+    settings: Settings,
+    max_papers: int = limits.SUMMARY_PAPERS,
+    on_progress: Callable[[int, int], None] | None = None,
+    filters: Filter | None = None,
+    **using: Unpack[Using],
+) -> Summary:
+    """`Assistant.summarize` with the configured (or given) collaborators."""
+    return Assistant(settings, **using).summarize(topic, max_papers, on_progress, filters)
+
+
+def summarize_paper(
+    query: str, settings: Settings, filters: Filter | None = None, **using: Unpack[Using]
+) -> Summary:
+    """`Assistant.summarize_paper` with the configured (or given) collaborators."""
+    return Assistant(settings, **using).summarize_paper(query, filters)
+
+
+# --- ingest: the only entry that writes ------------------------------------------------------
 
 
 def ingest(
@@ -97,171 +277,40 @@ def ingest(
     last written batch ended.
     """
     from rag.embed import get_embedder
-    from rag.index import Checkpoints, IngestReport, ingest_papers
+    from rag.ingest import ingest_files
 
-    report = IngestReport()
-    try:
-        files = expand_paths(list(paths) if paths else [settings.corpus_dir])
-    except InputError as exc:
-        report.errors.append(str(exc))
-        files = []
+    files = list(paths) if paths else [settings.corpus_dir]
     embedder = embedder or get_embedder(settings)
-    reader = _Reader(files, fields or Fields(), fmt, keep, Checkpoints(settings), report)
-    done = ingest_papers(
-        reader.papers(), settings, embedder, progress=progress, on_batch=reader.batch_written
-    )
-    done.errors, done.papers_filtered = report.errors, report.papers_filtered
-    done.resumed = report.resumed
-    return done
+    return ingest_files(files, settings, embedder, fields, fmt, keep, progress)
 
 
-def ensure_index(settings: Settings, embedder: Embedder, progress: bool = False) -> None:
-    """Build the index from the bundled corpus on first use."""
-    from rag.index import Store
-
-    if not Store(settings, embedder.name).exists():
-        log.warning("no index yet: building it from the bundled corpus (%s)", settings.corpus_dir)
-        ingest(None, settings, embedder=embedder, progress=progress)
-        release = getattr(embedder, "release_document_encoder", None)
-        if release is not None:  # a server goes on with the query encoder only
-            release()
-
-
-def search(
-    query: str,
-    settings: Settings,
-    k: int | None = None,
-    retriever: Retriever | None = None,
-    filters: Filter | None = None,
-) -> list[PaperHit]:
-    """The best papers for `query`, best first (only papers that `filters` admits)."""
-    from rag.answer import clean_question
-
-    query = clean_question(query)
-    retriever, _, _ = _collaborators(settings, True, None, retriever, None, filters)
-    return retriever.search(query, k or settings.top_k)
-
-
-def ask(
-    question: str,
-    settings: Settings,
-    k: int | None = None,
-    no_llm: bool = False,
-    llm: LLM | None = None,
-    retriever: Retriever | None = None,
-    embedder: Embedder | None = None,
-    on_token: Callable[[str], None] | None = None,
-    filters: Filter | None = None,
-) -> Answer:
-    """A cited answer to `question`: from the LLM when one is configured, else extractive.
-    Only papers that `filters` admits are retrieved, and so cited."""
-    answer, _ = chat(question, [], settings, k, no_llm, llm, retriever, embedder, on_token, filters)
-    return answer
-
-
-def chat(
-    message: str,
-    history: Sequence[Turn],
-    settings: Settings,
-    k: int | None = None,
-    no_llm: bool = False,
-    llm: LLM | None = None,
-    retriever: Retriever | None = None,
-    embedder: Embedder | None = None,
-    on_token: Callable[[str], None] | None = None,
-    filters: Filter | None = None,
-) -> tuple[Answer, Turn]:
-    """One chat turn: `message` read in the light of `history` (oldest first), answered with
-    citations; returns the answer and the turn to append to the history."""
-    from rag.answer import answer_question, clean_question
-    from rag.conversation import Turn, condense, pinned_papers
-
-    question = clean_question(message)
-    k = k or settings.top_k
-    retriever, embedder, llm = _collaborators(settings, no_llm, llm, retriever, embedder, filters)
-    standalone = condense(question, history, llm)
-    papers = retriever.search(standalone, k)
-    pins = [] if llm is not None else pinned_papers(question, history)
-    if pins:
-        kept = retriever.papers_by_id(pins)[:k]
-        papers = kept + [p for p in papers if p.paper_id not in pins][: k - len(kept)]
-    retriever.attach_texts(papers)
-    answer = answer_question(standalone, papers, settings, embedder, llm, on_token)
-    answer.question = question
-    turn = Turn(question, answer.answer, standalone, [s.paper_id for s in answer.citations])
-    return answer, turn
-
-
-def summarize(
-    topic: str,
-    settings: Settings,
-    max_papers: int = 8,
-    no_llm: bool = False,
-    llm: LLM | None = None,
-    retriever: Retriever | None = None,
-    embedder: Embedder | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-    filters: Filter | None = None,
-) -> Summary:
-    """A cited overview of what the collection (the part `filters` admits) says about `topic`."""
-    from rag.answer import clean_question
-    from rag.summarize import summarize_topic
-
-    topic = clean_question(topic)
-    retriever, embedder, llm = _collaborators(settings, no_llm, llm, retriever, embedder, filters)
-    return summarize_topic(topic, settings, retriever, embedder, llm, max_papers, on_progress)
-
-
-def summarize_paper(
-    query: str,
-    settings: Settings,
-    no_llm: bool = False,
-    llm: LLM | None = None,
-    retriever: Retriever | None = None,
-    embedder: Embedder | None = None,
-    filters: Filter | None = None,
-) -> Summary:
-    """A cited summary of one paper, named by id or (close) title, among those `filters`
-    admits."""
-    from rag.answer import clean_question
-    from rag.summarize import summarize_paper as summarize_one
-
-    query = clean_question(query)
-    retriever, _, llm = _collaborators(settings, no_llm, llm, retriever, embedder, filters)
-    return summarize_one(query, settings, retriever, llm)
-
-
-def _collaborators(
-    settings: Settings,
-    no_llm: bool,
-    llm: LLM | None,
-    retriever: Retriever | None,
-    embedder: Embedder | None,
-    filters: Filter | None = None,
-) -> tuple[Retriever, Embedder, LLM | None]:
-    """The retriever (restricted to `filters`), embedder and LLM a call uses: the given ones,
-    else the configured ones."""
+def ensure_index(
+    settings: Settings, embedder: Embedder | None = None, progress: bool = False
+) -> bool:
+    """Build the index from the bundled corpus when there is none (a first run); whether it
+    was built. The document encoder is freed afterwards: a server goes on with queries only."""
     from rag.embed import get_embedder
-    from rag.retrieve import get_retriever
+    from rag.store import Store
 
     embedder = embedder or get_embedder(settings)
-    if retriever is None:
-        ensure_index(settings, embedder)
-        retriever = get_retriever(settings, embedder)
-    if filters:
-        retriever = retriever.restricted(filters)
-    return retriever, embedder, configured_llm(settings, no_llm, llm)
+    if Store(settings, embedder.name).exists():
+        return False
+    log.warning("no index yet: building it from the bundled corpus (%s)", settings.corpus_dir)
+    ingest(None, settings, embedder=embedder, progress=progress)
+    embedder.release_document_encoder()
+    return True
 
 
-def configured_llm(settings: Settings, no_llm: bool = False, llm: LLM | None = None) -> LLM | None:
-    """The LLM a call uses: none with `no_llm`, else the given one, else the configured one."""
-    if no_llm:
-        return None
-    if llm is None and settings.llm_configured:
-        from rag.llm import LLM
+# --- evaluation ------------------------------------------------------------------------------
 
-        llm = LLM(settings)
-    return llm
+
+@dataclass
+class EvalRun:
+    """What `rag eval` wrote to `out`: the metrics (metrics.json) and the report's summary."""
+
+    metrics: dict[str, Any]
+    summary: str
+    out: Path
 
 
 def evaluate(
@@ -269,18 +318,23 @@ def evaluate(
     settings: Settings,
     out: Path,
     modes: Sequence[str] = (),
-    k: int = 10,
+    k: int = limits.EVAL_K,
     no_llm: bool = False,
     llm: LLM | None = None,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> EvalRun:
     """Score the assistant on a question file; writes results, metrics and a report to `out`."""
-    from rag.evaluate import load_questions, run_questions, write_question_run
+    from rag.eval.questions import load_questions, question_metrics, run_questions
+    from rag.eval.report import write_question_run
 
     questions = load_questions(questions_file)
-    modes = list(dict.fromkeys(modes)) or [settings.retriever]
-    runs = run_questions(questions, settings, modes, k, no_llm, llm, progress=progress)
-    return write_question_run(out, runs, k, settings, questions_file, no_llm)
+    assistant = Assistant(settings, no_llm=no_llm, llm=llm)
+    retrievers = {mode: assistant.retriever(mode=mode) for mode in modes or [settings.retriever]}
+    runs = run_questions(
+        questions, retrievers, settings, assistant.embedder, assistant.llm, k, progress
+    )
+    metrics = question_metrics(runs, k, settings, questions_file, no_llm)
+    return EvalRun(metrics, write_question_run(out, runs, metrics), out)
 
 
 def evaluate_beir(
@@ -290,14 +344,29 @@ def evaluate_beir(
     index_dir: Path | None = None,
     mode: str | None = None,
     progress: bool = False,
-) -> dict[str, Any]:
-    """Score retrieval on a BEIR data set, ingested into its own (reused) index."""
-    from rag.evaluate import load_beir, run_beir, write_beir_run
+) -> EvalRun:
+    """Score retrieval on a BEIR data set, ingested (incrementally) into its own index."""
+    from rag.eval.beir import Ingested, load_beir, run_beir
+    from rag.eval.report import write_beir_run
 
     data = load_beir(data_dir)
     index_dir = index_dir or settings.index_dir.parent / f"beir-{data.name}"
-    beir_settings = settings.model_copy(update={"index_dir": index_dir})
-    rows, metrics = run_beir(data, beir_settings, mode or settings.retriever, progress=progress)
+    assistant = Assistant(settings.model_copy(update={"index_dir": index_dir}), no_llm=True)
+    start = time.perf_counter()
+    report = ingest(
+        [data.corpus], assistant.settings, embedder=assistant.embedder, progress=progress
+    )
+    if report.papers_read == 0:
+        raise InputError(
+            f"{data.corpus}: no documents could be read ({'; '.join(report.errors[:1])})"
+        )
+    ingested = Ingested(
+        report.papers_total,
+        settings.embed_model,
+        time.perf_counter() - start,
+        report.chunks_embedded,
+    )
+    mode = mode or settings.retriever
+    rows, metrics = run_beir(data, assistant.retriever(mode=mode), mode, ingested, progress)
     metrics["index_dir"] = str(index_dir)
-    write_beir_run(out, rows, metrics)
-    return metrics
+    return EvalRun(metrics, write_beir_run(out, rows, metrics), out)

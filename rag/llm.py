@@ -1,4 +1,5 @@
-"""The LLM (and OpenAI embeddings) behind the OpenAI API: the only module that imports `openai`.
+"""Messages -> replies (and texts -> embeddings) through the OpenAI API: the only module that
+imports `openai`.
 
 Works with any OpenAI-compatible endpoint (OpenAI, Ollama, vLLM, llama.cpp) through
 `OPENAI_BASE_URL`. Failures become one readable `LLMError`; the API key never appears in it.
@@ -14,8 +15,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from typing import Any, TypeVar
-
-import numpy as np
 
 from rag.errors import LLMError, LLMInterrupted
 from rag.settings import Settings
@@ -77,18 +76,22 @@ def _errors(settings: Settings, what: str) -> Iterator[None]:
     except openai.AuthenticationError:
         raise LLMError(f"{where} rejected the API key (HTTP 401); check OPENAI_API_KEY") from None
     except openai.NotFoundError as exc:
-        raise LLMError(redact(
-            f"{where} answered 404 for {what}: {_detail(exc)}; check RAG_LLM_MODEL", settings
-        )) from None  # fmt: skip
+        raise LLMError(
+            redact(
+                f"{where} answered 404 for {what}: {_detail(exc)}; check RAG_LLM_MODEL", settings
+            )
+        ) from None
     except openai.RateLimitError as exc:
         raise LLMError(
             f"{where} is rate limiting {what} (HTTP 429)", True, _retry_after(exc)
         ) from None
     except openai.APIStatusError as exc:
         retryable = exc.status_code in RETRYABLE_STATUS
-        raise LLMError(redact(
-            f"{where} failed {what} (HTTP {exc.status_code}): {_detail(exc)}", settings
-        ), retryable, _retry_after(exc)) from None  # fmt: skip
+        raise LLMError(
+            redact(f"{where} failed {what} (HTTP {exc.status_code}): {_detail(exc)}", settings),
+            retryable,
+            _retry_after(exc),
+        ) from None
     except (openai.APIError, ValueError) as exc:
         message = redact(f"{where} sent an unusable reply to {what}: {exc}", settings)
         raise LLMError(message[:300], retryable=True) from None
@@ -131,8 +134,11 @@ def with_retries(settings: Settings, what: str, attempt: Callable[[float], T]) -
 def _final(exc: LLMError, attempts: int, settings: Settings, out_of_time: bool = False) -> LLMError:
     if not exc.retryable:
         return exc
-    why = f"the {settings.llm_timeout:g} s time-out (RAG_LLM_TIMEOUT) ran out" if out_of_time else (
-        "no retries left (RAG_LLM_MAX_RETRIES)")  # fmt: skip
+    why = (
+        f"the {settings.llm_timeout:g} s time-out (RAG_LLM_TIMEOUT) ran out"
+        if out_of_time
+        else ("no retries left (RAG_LLM_MAX_RETRIES)")
+    )
     plural = "s" if attempts > 1 else ""
     return LLMError(f"{exc} (gave up after {attempts} attempt{plural}: {why})")
 
@@ -212,53 +218,15 @@ def _delta(event: Any) -> tuple[str, bool]:
     return (choice.delta.content or "") if choice.delta else "", bool(choice.finish_reason)
 
 
-class OpenAIEmbedder:
-    """Embeddings from the OpenAI API (`RAG_EMBED_MODEL=openai:text-embedding-3-small`)."""
+def embeddings(settings: Settings, model: str, texts: Sequence[str]) -> list[list[float]]:
+    """One embeddings request for `texts` (vectors in input order); a rate limit (429) or a
+    server error is retried after the server's Retry-After (else with back-off), within
+    `llm_timeout`."""
 
-    max_tokens = 8000
-    batch = 256  # inputs per request (the API takes up to 2048)
-    batch_tokens = 200_000  # estimated tokens per request (the API takes up to 300,000)
+    def once(timeout: float) -> Any:
+        return _client(settings).embeddings.create(
+            model=model, input=list(texts), timeout=max(timeout, 0.1)
+        )
 
-    def __init__(self, model: str, settings: Settings) -> None:
-        self.model = model
-        self.name = f"openai:{model}"
-        self.settings = settings
-
-    @cached_property
-    def client(self) -> Any:
-        return _client(self.settings)
-
-    def count_tokens(self, text: str) -> int:
-        # An upper estimate (about 4 characters a token): chunks stay far below the window.
-        return len(text) // 3 + 1
-
-    def batches(self, texts: Sequence[str]) -> Iterator[list[str]]:
-        """`texts` in order, in requests of at most `batch` inputs and `batch_tokens` tokens."""
-        part: list[str] = []
-        tokens = 0
-        for text in texts:
-            cost = self.count_tokens(text)
-            if part and (len(part) == self.batch or tokens + cost > self.batch_tokens):
-                yield part
-                part, tokens = [], 0
-            part.append(text)
-            tokens += cost
-        if part:
-            yield part
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """One request per batch; a rate limit (429) or a server error is retried after the
-        server's Retry-After (else with back-off), within `llm_timeout` per request."""
-        rows: list[list[float]] = []
-        for part in self.batches(texts):
-
-            def once(timeout: float, part: list[str] = part) -> Any:
-                return self.client.embeddings.create(
-                    model=self.model, input=part, timeout=max(timeout, 0.1)
-                )
-
-            response = with_retries(self.settings, "embeddings", once)
-            rows.extend(item.embedding for item in sorted(response.data, key=lambda d: d.index))
-        vectors = np.asarray(rows, dtype=np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True) if len(rows) else 1.0
-        return vectors / np.maximum(norms, 1e-12)
+    response = with_retries(settings, "embeddings", once)
+    return [item.embedding for item in sorted(response.data, key=lambda d: d.index)]

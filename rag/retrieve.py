@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 import numpy as np
 
 from rag.corpus import paper_url
-from rag.index import MASKS_KEPT, Filter, Hit, Store
+from rag.filters import Filter
+from rag.store import Store
+from rag.table import Hit, MaskCache
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
@@ -189,7 +191,7 @@ class DenseRetriever(StoreRetriever):
     def query_vector(self, query: str) -> np.ndarray:
         from rag.embed import embed_cached
 
-        self.store.col  # noqa: B018 - a model mismatch is reported before any embedding call
+        self.store.open()  # a model mismatch is reported before any embedding call
         return embed_cached(self.embedder, [query])[0]
 
     def search(self, query: str, k: int) -> list[PaperHit]:
@@ -255,7 +257,7 @@ class BM25Retriever(StoreRetriever):
         self._paper_ids: list[str] = []
         self._stamp: tuple[int, int] | None = None
         self._lock = threading.Lock()
-        self._masks: dict[tuple[tuple[int, int], Filter], np.ndarray] = {}
+        self._masks = MaskCache()
 
     @property
     def path(self) -> Path:
@@ -338,15 +340,12 @@ class BM25Retriever(StoreRetriever):
 
     def _admitted(self, filters: Filter, ids: list[str]) -> np.ndarray:
         """Which of `ids` (the BM25 documents) `filters` admits, kept per store state."""
-        key = (self.store.stamp(), filters)
-        mask = self._masks.get(key)
-        if mask is None:
+
+        def compute() -> np.ndarray:
             admitted = self.store.admitted_papers(filters)
-            mask = np.fromiter((pid in admitted for pid in ids), dtype=bool, count=len(ids))
-            if len(self._masks) > MASKS_KEPT:
-                self._masks.clear()
-            self._masks[key] = mask
-        return mask
+            return np.fromiter((pid in admitted for pid in ids), dtype=bool, count=len(ids))
+
+        return self._masks.get((self.store.stamp(), filters), compute)
 
     def hits(self, query: str, ranking: Sequence[tuple[str, float]]) -> list[PaperHit]:
         """Ranked paper ids -> papers, each with the chunk sharing most query terms as snippet."""
@@ -404,10 +403,14 @@ class HybridRetriever(StoreRetriever):
         depth = max(self.depth, k)
         dense = {p.paper_id: p for p in self.dense.search_vector(vector, depth, self.filters)}
         ids, bm25 = self.bm25.scores(query, self.filters)
-        lexical = {ids[i]: float(bm25[i]) for i in np.argsort(-bm25, kind="stable")[:depth]
-                   if bm25[i] > 0}  # fmt: skip
-        fused = (self._convex(vector, dense, dict(zip(ids, bm25.tolist(), strict=True)), lexical)
-                 if self.fusion == "convex" else self._rrf(dense, lexical))  # fmt: skip
+        lexical = {
+            ids[i]: float(bm25[i]) for i in np.argsort(-bm25, kind="stable")[:depth] if bm25[i] > 0
+        }
+        fused = (
+            self._convex(vector, dense, dict(zip(ids, bm25.tolist(), strict=True)), lexical)
+            if self.fusion == "convex"
+            else self._rrf(dense, lexical)
+        )
         best = sorted(fused, key=lambda pid: (-fused[pid], pid))[:k]
         found = self.bm25.hits(query, [(pid, fused[pid]) for pid in best if pid not in dense])
         vectors = self.store.vectors([p.chunk_id for p in found])
@@ -420,9 +423,12 @@ class HybridRetriever(StoreRetriever):
         return papers
 
     def _convex(
-        self, vector: np.ndarray, dense: dict[str, PaperHit], bm25: dict[str, float],
+        self,
+        vector: np.ndarray,
+        dense: dict[str, PaperHit],
+        bm25: dict[str, float],
         lexical: dict[str, float],
-    ) -> dict[str, float]:  # fmt: skip
+    ) -> dict[str, float]:
         cosine = {pid: p.score for pid, p in dense.items()}
         cosine |= self.store.best_cosines([pid for pid in lexical if pid not in dense], vector)
         top_cos = max([c for c in cosine.values() if c > 0], default=1.0)
@@ -453,7 +459,7 @@ def get_retriever(
     if mode == "dense":
         return DenseRetriever(store, embedder)
     if mode == "bm25":
-        store.col  # noqa: B018 - same checks as the other modes
+        store.open()  # the same checks as the other modes
         return BM25Retriever(store)
     return HybridRetriever(
         DenseRetriever(store, embedder),

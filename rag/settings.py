@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rag import limits
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -111,7 +113,12 @@ class Settings(BaseSettings):
         default=0.6, ge=0, description="Weight of the dense side in fusion."
     )
     bm25_weight: float = Field(default=0.4, ge=0, description="Weight of the BM25 side in fusion.")
-    top_k: int = Field(default=5, ge=1, le=100, description="Papers given to the answer step.")
+    top_k: int = Field(
+        default=limits.TOP_K,
+        ge=1,
+        le=limits.MAX_RESULTS,
+        description="Papers given to the answer step (and returned by a search).",
+    )
     exact_search_max: int = Field(
         default=50_000,
         ge=0,
@@ -162,6 +169,22 @@ class Settings(BaseSettings):
     )
 
     # --- UI ----------------------------------------------------------------------------------
+    ui_max_titles: int = Field(
+        default=5000,
+        ge=0,
+        description=(
+            "Most paper titles the UI's paper picker lists; a collection of more than four times "
+            "as many chunks lists none (type a title instead)."
+        ),
+    )
+    ui_scan_max_chunks: int = Field(
+        default=200_000,
+        ge=0,
+        description=(
+            "The UI lists the collection's source files (for the source filter) by reading every "
+            "chunk's metadata: only for collections of up to this many chunks."
+        ),
+    )
     ui_auth: SecretStr | None = Field(
         default=None,
         description="Login for the web UI as user:password (unset: no login; the UI binds to "

@@ -13,7 +13,7 @@ import difflib
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +21,7 @@ import numpy as np
 from rag import prompts
 from rag.answer import (
     NOT_COVERED,
+    Cited,
     Source,
     as_data,
     number_sources,
@@ -59,21 +60,17 @@ class SummaryPaper:
 
 
 @dataclass
-class Summary:
+class Summary(Cited):
     topic: str
     summary: str
-    mode: str  # "llm" or "extractive"
-    citations: list[Source]
     papers: list[SummaryPaper]
-    dropped_citations: list[int] = field(default_factory=list)
-    note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "topic": self.topic,
             "summary": self.summary,
             "mode": self.mode,
-            "citations": [s.citation_json() for s in self.citations],
+            "citations": self.cited_json,
             "papers": [vars(p) for p in self.papers],
             "dropped_citations": self.dropped_citations,
             "note": self.note,
@@ -100,6 +97,19 @@ def select_papers(
 def references(cited: Sequence[Source]) -> str:
     lines = [f"[{s.n}] {s.title} <{s.url}>" for s in sorted(cited, key=lambda s: s.n)]
     return "**References**\n\n" + "  \n".join(lines)  # Markdown line breaks between entries
+
+
+def with_references(
+    topic: str,
+    text: str,
+    papers: list[SummaryPaper],
+    mode: str,
+    cited: list[Source],
+    dropped: Sequence[int] = (),
+) -> Summary:
+    """The summary: `text`, then the reference list of exactly the cited papers."""
+    body = f"{text}\n\n{references(cited)}" if cited else text
+    return Summary(topic, body, papers, mode=mode, citations=cited, dropped_citations=list(dropped))
 
 
 def map_papers(
@@ -140,8 +150,7 @@ def llm_overview(
     papers = [
         SummaryPaper(s.n, s.paper_id, s.title, line) for s, line in zip(sources, lines, strict=True)
     ]
-    body = f"{text}\n\n{references(cited)}" if cited else text
-    return Summary(topic, body, "llm", cited, papers, dropped)
+    return with_references(topic, text, papers, "llm", cited, dropped)
 
 
 def extractive_overview(topic: str, sources: list[Source], embedder: Embedder) -> Summary:
@@ -159,11 +168,13 @@ def extractive_overview(topic: str, sources: list[Source], embedder: Embedder) -
     parts = [EXTRACTIVE_LABEL]
     for number, group in enumerate(groups, start=1):
         cites = "".join(f"[{sources[i].n}]" for i in group)
-        parts.append(f"**Theme {number}** {cites}\n\n" + "\n".join(
-            f"- {quoted(sources[i].quote)} [{sources[i].n}]" for i in group))  # fmt: skip
+        parts.append(
+            f"**Theme {number}** {cites}\n\n"
+            + "\n".join(f"- {quoted(sources[i].quote)} [{sources[i].n}]" for i in group)
+        )
     text, cited = "\n\n".join(parts), list(sources)
     papers = [SummaryPaper(s.n, s.paper_id, s.title, quoted(s.quote)) for s in sources]
-    return Summary(topic, f"{text}\n\n{references(cited)}", "extractive", cited, papers)
+    return with_references(topic, text, papers, "extractive", cited)
 
 
 def summarize_topic(
@@ -179,7 +190,7 @@ def summarize_topic(
     sources = select_papers(topic, settings, retriever, embedder, max_papers)
     if not sources:
         mode = "llm" if llm else "extractive"
-        return Summary(topic, f"{NOT_COVERED}.", mode, [], [])
+        return Summary(topic, f"{NOT_COVERED}.", [], mode=mode, citations=[])
     if llm is None:
         return extractive_overview(topic, sources, embedder)
     return llm_overview(topic, sources, llm, settings, on_progress)
@@ -196,10 +207,12 @@ def find_paper(query: str, retriever: Retriever) -> Source:
     wanted = normalise_title(query)
     candidates = retriever.search(query, 10)
     scored = sorted(
-        ((difflib.SequenceMatcher(None, wanted, normalise_title(p.title)).ratio(), p)
-         for p in candidates),
+        (
+            (difflib.SequenceMatcher(None, wanted, normalise_title(p.title)).ratio(), p)
+            for p in candidates
+        ),
         key=lambda pair: -pair[0],
-    )  # fmt: skip
+    )
     if scored and scored[0][0] >= NEAR_TITLE:
         paper = scored[0][1]
         retriever.attach_texts([paper])
@@ -247,6 +260,5 @@ def summarize_paper(
         text, cited, dropped = resolve_citations(llm.complete(messages), [source])
         mode = "llm"
     one_line = (split_sentences(source.body) or [source.body])[0]
-    body = f"{text}\n\n{references(cited)}" if cited else text
     papers = [SummaryPaper(1, source.paper_id, source.title, one_line)]
-    return Summary(source.title, body, mode, cited, papers, dropped)
+    return with_references(source.title, text, papers, mode, cited, dropped)

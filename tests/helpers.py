@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from rag.corpus import Listing, Paper, paper_id_for
+from rag.embed import Embedder
 
 
-class HashEmbedder:
+class HashEmbedder(Embedder):
     """A tiny deterministic bag-of-words encoder: fast unit tests of the store and chunking."""
 
     name = "test-hash"

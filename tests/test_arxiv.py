@@ -12,9 +12,10 @@ import pytest
 
 from rag import api
 from rag.corpus import Paper, Problem, detect_format, iter_file, merge_papers, paper_url
-from rag.index import Filter, Store
+from rag.filters import Filter
 from rag.retrieve import get_retriever
 from rag.settings import Settings
+from rag.store import Store
 from tests.fake_llm import FakeLLM
 from tests.helpers import HashEmbedder, run_rag, write_jsonl
 
@@ -23,10 +24,14 @@ TOPICS = {
     "2401.00001": ("Quokka routing for sparse experts", "cs.LG stat.ML", "2024-01-10", "quokka"),
     "2402.00002": ("Narwhal translation with pivot languages", "cs.CL", "2024-02-20", "narwhal"),
     "2105.00003": ("Axolotl optimizers for convex programs", "math.OC", "2021-05-03", "axolotl"),
-    "1907.00004": ("Pangolin protein folding with attention", "q-bio.BM cs.LG", "2019-07-04",
-                   "pangolin"),
+    "1907.00004": (
+        "Pangolin protein folding with attention",
+        "q-bio.BM cs.LG",
+        "2019-07-04",
+        "pangolin",
+    ),
     "2312.00005": ("Okapi retrieval for long documents", "cs.IR cs.CL", "2023-12-31", "okapi"),
-}  # fmt: skip
+}
 
 
 def record(arxiv_id: str, **changes: Any) -> dict[str, Any]:
@@ -98,8 +103,10 @@ def test_snapshot_is_detected_and_read_with_ids_categories_dates_and_clean_text(
     assert detect_format(snapshot_file) == "arxiv"
     items = list(iter_file(snapshot_file))
     problems = [str(i) for i in items if isinstance(i, Problem)]
-    assert problems == [f"{snapshot_file}:3: record 'No abstract here' has no abstract "
-                        "(field abstract/text/summary)"]  # fmt: skip
+    assert problems == [
+        f"{snapshot_file}:3: record 'No abstract here' has no abstract "
+        "(field abstract/text/summary)"
+    ]
     papers = merge_papers(i for i in items if isinstance(i, Paper))
     assert sorted(papers) == sorted([*TOPICS, "hep-th/9901001"])
     quokka = papers["2401.00001"]
@@ -118,7 +125,7 @@ def test_snapshot_is_detected_and_read_with_ids_categories_dates_and_clean_text(
 def test_ingest_keeps_ids_links_and_the_newest_version_across_batches(
     snapshot_file: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("rag.index.PAPER_BATCH", 2)  # versions fall into different batches
+    monkeypatch.setattr("rag.ingest.PAPER_BATCH", 2)  # versions fall into different batches
     embedder = HashEmbedder()
     report = api.ingest([snapshot_file], settings, embedder=embedder)
     assert report.papers_total == 6 and len(report.errors) == 1
@@ -180,17 +187,23 @@ FILTERS = [
 def test_excluded_papers_are_never_retrieved_or_cited(
     tmp_path: Path, exact: bool, fake_llm: FakeLLM
 ) -> None:
-    settings = Settings(index_dir=tmp_path / "index", exact_search_max=10_000 if exact else 0,
-                        min_relevance=0.0, summary_min_relevance=0.0)  # fmt: skip
+    settings = Settings(
+        index_dir=tmp_path / "index",
+        exact_search_max=10_000 if exact else 0,
+        min_relevance=0.0,
+        summary_min_relevance=0.0,
+    )
     embedder = HashEmbedder()
     api.ingest(filtered_corpus(tmp_path), settings, embedder=embedder)
     store = Store(settings, embedder.name)
     metas = {h.metadata["paper_id"]: h.metadata for h in store.all_chunks()}
     llm_settings = Settings(
         **settings.model_dump(include={"index_dir", "exact_search_max", "min_relevance"}),
-        openai_api_key="sk-test", openai_base_url=fake_llm.base_url, llm_model="m",
+        openai_api_key="sk-test",
+        openai_base_url=fake_llm.base_url,
+        llm_model="m",
         llm_max_retries=0,
-    )  # fmt: skip
+    )
     fake_llm.default = lambda body: "Findings [1][2][3][4][5]."  # cites every source it gets
     for filters in FILTERS:
         admitted = {pid for pid, meta in metas.items() if filters.matches(meta)}
@@ -203,18 +216,32 @@ def test_excluded_papers_are_never_retrieved_or_cited(
                     owner = {pid for pid, t in TOPICS.items() if t[3] == word}
                     assert owner & admitted <= {p.paper_id for p in found}
             for no_llm in (True, False):
-                answer = api.ask("quokka narwhal axolotl pangolin okapi", llm_settings,
-                                 no_llm=no_llm, retriever=retriever, embedder=embedder,
-                                 filters=filters)  # fmt: skip
+                answer = api.ask(
+                    "quokka narwhal axolotl pangolin okapi",
+                    llm_settings,
+                    no_llm=no_llm,
+                    retriever=retriever,
+                    embedder=embedder,
+                    filters=filters,
+                )
                 assert {s.paper_id for s in answer.sources} <= admitted
                 assert {s.paper_id for s in answer.citations} <= admitted
-            summary = api.summarize("quokka narwhal axolotl pangolin okapi", settings,
-                                    no_llm=True, retriever=retriever, embedder=embedder,
-                                    filters=filters)  # fmt: skip
+            summary = api.summarize(
+                "quokka narwhal axolotl pangolin okapi",
+                settings,
+                no_llm=True,
+                retriever=retriever,
+                embedder=embedder,
+                filters=filters,
+            )
             assert {s.paper_id for s in summary.citations} <= admitted
         # Without the filter the same searches do reach the excluded papers.
-        unfiltered = api.search("quokka narwhal axolotl pangolin okapi", settings, k=5,
-                                retriever=get_retriever(settings, embedder, "bm25"))  # fmt: skip
+        unfiltered = api.search(
+            "quokka narwhal axolotl pangolin okapi",
+            settings,
+            k=5,
+            retriever=get_retriever(settings, embedder, "bm25"),
+        )
         assert {p.paper_id for p in unfiltered} == set(TOPICS)
 
 
@@ -227,9 +254,15 @@ def test_follow_up_keeps_no_excluded_paper(tmp_path: Path) -> None:
     api.ingest(filtered_corpus(tmp_path), settings, embedder=embedder)
     retriever = get_retriever(settings, embedder)
     before = Turn("Tell me about quokka routing", "...", "quokka", ["2401.00001"])
-    answer, _ = api.chat("What else does it show?", [before], settings, no_llm=True,
-                         retriever=retriever, embedder=embedder,
-                         filters=Filter(categories=("cs.CL",)))  # fmt: skip
+    answer, _ = api.chat(
+        "What else does it show?",
+        [before],
+        settings,
+        no_llm=True,
+        retriever=retriever,
+        embedder=embedder,
+        filters=Filter(categories=("cs.CL",)),
+    )
     assert "2401.00001" not in {s.paper_id for s in answer.sources}
 
 
@@ -247,12 +280,18 @@ def test_filter_where_and_matches_agree_with_chroma(tmp_path: Path) -> None:
 def test_interrupted_ingest_resumes_at_its_checkpoint(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("rag.index.PAPER_BATCH", 4)
+    monkeypatch.setattr("rag.ingest.PAPER_BATCH", 4)
     records = [
-        {"id": f"2401.{n:05d}", "title": f"Paper {n} on topic {n}", "abstract": f"Words {n}. " * 8,
-         "categories": "cs.LG", "update_date": "2024-01-02", "authors": "A"}
+        {
+            "id": f"2401.{n:05d}",
+            "title": f"Paper {n} on topic {n}",
+            "abstract": f"Words {n}. " * 8,
+            "categories": "cs.LG",
+            "update_date": "2024-01-02",
+            "authors": "A",
+        }
         for n in range(1, 15)
-    ]  # fmt: skip
+    ]
     snapshot = write_jsonl(tmp_path / "snap.json", records)
 
     class Interrupted(Exception):
@@ -284,7 +323,7 @@ def test_changed_file_starts_afresh_despite_a_checkpoint(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rag.corpus import FilePosition
-    from rag.index import Checkpoints
+    from rag.ingest import Checkpoints
 
     snapshot = write_jsonl(tmp_path / "snap.json", [record(i) for i in TOPICS])
     checkpoints = Checkpoints(settings)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rag.index import Store
 from rag.settings import DEFAULT_MODEL, Settings
+from rag.store import Store
 from tests.fake_llm import FakeLLM
 from tests.helpers import run_rag, write_jsonl
 

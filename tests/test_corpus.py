@@ -242,10 +242,13 @@ def test_streamed_jsonl_counts_lines_as_the_text_parser_does(tmp_path: Path) -> 
     text = '{"title": "A", "text": "a"}\r\n\r\n{"title": "B"}\r{"title": "C", "text": "c"}\n{x\n'
     path = tmp_path / "lines.jsonl"
     path.write_bytes(text.encode())
-    streamed = [(i.line, i.message[:20]) if isinstance(i, Problem) else i.title
-                for i in iter_file(path)]  # fmt: skip
-    parsed = [(i.line, i.message[:20]) if isinstance(i, Problem) else i.title
-              for i in parse_jsonl(text, str(path))]  # fmt: skip
+    streamed = [
+        (i.line, i.message[:20]) if isinstance(i, Problem) else i.title for i in iter_file(path)
+    ]
+    parsed = [
+        (i.line, i.message[:20]) if isinstance(i, Problem) else i.title
+        for i in parse_jsonl(text, str(path))
+    ]
     assert (
         streamed == parsed == ["A", (3, "record 'B' has no ab"), "C", (5, "not valid JSON (JSON")]
     )

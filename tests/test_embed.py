@@ -37,7 +37,7 @@ def test_vectors_are_unit_length_and_order_independent(backend: str) -> None:
 def test_onnx_graph_is_built_once_into_the_cache_or_in_memory(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rag import onnx_encoder
+    from rag.encoders import onnx_encoder
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     first = MiniLMEmbedder(bundled_minilm_path()).embed(["graph cache"])
@@ -72,14 +72,14 @@ def test_bf16_documents_are_within_cosine_1e4_of_float(
     fused: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("torch")
-    from rag import torch_encoder
+    from rag.encoders import torch_encoder
 
     if not fused:  # the plain-linear path, for a torch without oneDNN's fused ops
         monkeypatch.setattr(torch_encoder, "_fused_linear_ops", lambda torch: False)
     embedder = MiniLMEmbedder(bundled_minilm_path(), batch_size=3, document_precision="bfloat16")
     floats = MiniLMEmbedder(bundled_minilm_path(), batch_size=3).embed(MIXED)
     docs = embedder.embed_documents(MIXED)
-    assert embedder._bf16 is not None and embedder._bf16.fused is fused
+    assert embedder._encoders["bfloat16"].fused is fused
     assert np.array_equal(embedder.embed(MIXED), floats)  # queries: the float32 graph
     assert docs.dtype == np.float32 and np.allclose(np.linalg.norm(docs, axis=1), 1.0, atol=1e-5)
     cosines = (docs * floats).sum(axis=1)
@@ -99,7 +99,7 @@ def test_bf16_falls_back_to_float32_without_torch(monkeypatch: pytest.MonkeyPatc
 
 
 def test_cpu_bf16_is_read_from_cpu_flags(tmp_path) -> None:
-    from rag.torch_encoder import cpu_has_bf16
+    from rag.encoders.torch_encoder import cpu_has_bf16
 
     def cpuinfo(flags: str) -> str:
         path = tmp_path / f"cpuinfo-{len(flags)}"
@@ -127,8 +127,8 @@ def test_cpu_bf16_is_read_from_cpu_flags(tmp_path) -> None:
 def test_document_precision_auto_takes_bf16_only_where_native(
     setting: str, native: bool, backend: str, expected: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rag import torch_encoder
     from rag.embed import get_embedder
+    from rag.encoders import torch_encoder
     from rag.settings import Settings
 
     monkeypatch.setattr(torch_encoder, "available", lambda: native)
@@ -138,7 +138,7 @@ def test_document_precision_auto_takes_bf16_only_where_native(
 
 def test_ingest_embeds_documents_through_embed_documents(tmp_path) -> None:
     from rag.corpus import Listing, Paper
-    from rag.index import ingest_papers
+    from rag.ingest import ingest_papers
     from rag.settings import Settings
 
     calls: list[str] = []
@@ -164,10 +164,11 @@ def test_a_first_start_build_frees_the_document_encoder(
     """`rag serve` builds a missing index in-process, then answers with the query graph only:
     the bfloat16 torch weights used for the build are not kept for the server's lifetime."""
     pytest.importorskip("torch")
-    from rag import api, torch_encoder
+    from rag import api
     from rag.embed import get_embedder
-    from rag.index import Store
+    from rag.encoders import torch_encoder
     from rag.settings import Settings
+    from rag.store import Store
     from tests.helpers import write_jsonl
 
     built: list[object] = []
@@ -180,18 +181,24 @@ def test_a_first_start_build_frees_the_document_encoder(
     monkeypatch.setattr(torch_encoder.Bf16Encoder, "__init__", spy)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    write_jsonl(corpus / "papers.jsonl", [
-        {"title": "Pointer Networks", "abstract": "We introduce a new neural architecture. " * 3},
-        {"title": "L-Mul", "abstract": "Floating point multiplication by integer addition."},
-    ])  # fmt: skip
+    write_jsonl(
+        corpus / "papers.jsonl",
+        [
+            {
+                "title": "Pointer Networks",
+                "abstract": "We introduce a new neural architecture. " * 3,
+            },
+            {"title": "L-Mul", "abstract": "Floating point multiplication by integer addition."},
+        ],
+    )
     settings = Settings(
         index_dir=tmp_path / "ix", corpus_dir=corpus, embed_document_precision="bfloat16"
     )
     embedder = get_embedder(settings)
     api.ensure_index(settings, embedder)
     assert Store(settings, embedder.name).paper_count() == 2 and len(built) == 1
-    assert not {"_bf16", "_weights", "_int8_session"} & set(vars(embedder))
+    assert not {"bfloat16", "int8", "weights"} & embedder.loaded()
     hits = api.search("integer addition for multiplication", settings)
     assert hits[0].title == "L-Mul"
     api.ensure_index(settings, embedder)  # built already: nothing loaded again
-    assert len(built) == 1 and "_bf16" not in vars(embedder)
+    assert len(built) == 1 and "bfloat16" not in embedder.loaded()

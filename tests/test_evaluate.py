@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from rag.errors import InputError
-from rag.evaluate import (
+from rag.eval.beir import load_beir
+from rag.eval.metrics import (
     fact_recall,
-    load_beir,
-    load_questions,
     mean,
     ndcg_at_k,
     percentile,
@@ -23,6 +22,7 @@ from rag.evaluate import (
     recall_at_k,
     reciprocal_rank,
 )
+from rag.eval.questions import load_questions
 from rag.settings import Settings
 from tests.fake_llm import FakeLLM
 from tests.helpers import run_rag, write_jsonl

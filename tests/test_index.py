@@ -8,8 +8,9 @@ import pytest
 
 from rag.corpus import Listing, Paper, iter_file, merge_papers, sentence_spans
 from rag.errors import IndexMismatchError, RagError
-from rag.index import Chunker, Store, ingest_lock, ingest_papers
+from rag.ingest import Chunker, ingest_lock, ingest_papers
 from rag.settings import Settings
+from rag.store import Store
 from tests.helpers import HashEmbedder, make_paper
 
 SENTENCE = "Sparse mixtures of experts route each token to a few expert networks. "
@@ -28,7 +29,7 @@ def papers() -> list[Paper]:
 
 
 def snapshot(store: Store) -> dict[str, tuple[str, str]]:
-    got = store.col.get(include=["documents", "metadatas"])
+    got = store.open().get(include=["documents", "metadatas"])
     return {
         cid: (doc, meta["content_hash"])
         for cid, doc, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
@@ -97,7 +98,7 @@ def test_half_written_paper_is_redone(settings: Settings) -> None:
 def test_paper_repeated_across_batches_counts_once(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("rag.index.PAPER_BATCH", 1)
+    monkeypatch.setattr("rag.ingest.PAPER_BATCH", 1)
     twice = [*papers(), make_paper("Pointer Networks", papers()[1].abstract, "z.txt")]
     report = ingest_papers(twice, settings, HashEmbedder())
     assert (report.papers_read, report.papers_added, report.papers_updated) == (3, 3, 0)
@@ -165,8 +166,12 @@ def test_sentence_spans_cut_at_sentence_ends_and_join_back_exactly() -> None:
     text = "We train a model. It works (mostly).  3 tasks improve! Results e.g. on (a) hold."
     spans = sentence_spans(text)
     assert "".join(spans) == text
-    assert spans == ["We train a model. ", "It works (mostly).  ", "3 tasks improve! ",
-                     "Results e.g. on (a) hold."]  # fmt: skip
+    assert spans == [
+        "We train a model. ",
+        "It works (mostly).  ",
+        "3 tasks improve! ",
+        "Results e.g. on (a) hold.",
+    ]
     assert sentence_spans("") == [] and sentence_spans("no end") == ["no end"]
 
 
@@ -174,7 +179,7 @@ def test_chunking_cuts_between_sentences_without_loading_nltk() -> None:
     """NLTK (and SciPy under it) cost 1.6 s of every ingest; abstracts need only a regex."""
     code = (
         "import sys\n"
-        "from rag.index import Chunker\n"
+        "from rag.ingest import Chunker\n"
         "from tests.helpers import make_paper\n"
         "words = lambda t: len(t.split())\n"
         "text = ' '.join(f'Sentence number {i} says something new.' for i in range(40))\n"
@@ -238,7 +243,7 @@ def test_whole_collection_reads_go_page_by_page(
 ) -> None:
     """Chroma fails one unbounded read of more than ~32k records, so whole-collection reads
     (paper count, the in-memory table, the BM25 build) are paged; tested with tiny pages."""
-    import rag.index
+    import rag.store
     from rag.retrieve import BM25Retriever
 
     settings = Settings(index_dir=tmp_path / "ix")
@@ -247,7 +252,7 @@ def test_whole_collection_reads_go_page_by_page(
         make_paper(f"Paper number {i}", f"Abstract {i} about topic{i} " * 3) for i in range(23)
     ]
     ingest_papers(papers, settings, embedder)
-    monkeypatch.setattr(rag.index, "GET_PAGE", 5)
+    monkeypatch.setattr(rag.store, "GET_PAGE", 5)
     store = Store(settings, embedder.name)
     assert store.paper_count() == 23
     table = store.table()

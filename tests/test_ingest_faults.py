@@ -28,8 +28,9 @@ import numpy as np
 import pytest
 
 from rag import api
-from rag.index import LOCK_NAME, PAPER_BATCH, IngestReport, Store, ingest_lock
+from rag.ingest import LOCK_NAME, PAPER_BATCH, IngestReport, ingest_lock
 from rag.settings import Settings
+from rag.store import Store
 from tests.fake_llm import FakeLLM
 from tests.helpers import run_rag, write_jsonl
 
@@ -110,7 +111,7 @@ def snapshot(index_dir: Path) -> dict[str, tuple[str, dict[str, Any], list[float
 
     SharedSystemClient.clear_system_cache()  # no cached view of a store another process changed
     store = Store(Settings(index_dir=index_dir), EMBED_MODEL)
-    got = store.col.get(include=["documents", "metadatas", "embeddings"])
+    got = store.open().get(include=["documents", "metadatas", "embeddings"])
     rows = zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True)
     result = {cid: (doc, meta, np.asarray(vec).round(5).tolist()) for cid, doc, meta, vec in rows}
     assert len(result) == len(got["ids"]), "duplicate chunk ids"

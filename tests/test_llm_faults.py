@@ -36,16 +36,22 @@ def settings_for(base_url: str, **extra: object) -> Settings:
 def ask(settings: Settings, stream: bool = False) -> api.Answer:
     tokens: list[str] = []
     return api.ask(
-        "Which network uses attention as a pointer?", settings, retriever=FixedRetriever(HITS),
-        embedder=HashEmbedder(), on_token=tokens.append if stream else None,
-    )  # fmt: skip
+        "Which network uses attention as a pointer?",
+        settings,
+        retriever=FixedRetriever(HITS),
+        embedder=HashEmbedder(),
+        on_token=tokens.append if stream else None,
+    )
 
 
-@pytest.mark.parametrize("faults", [
-    [Fault(500), Fault(503)],
-    [Fault(502), Fault(429, headers={"Retry-After": "0"})],
-    [Fault(200, body="<html>upstream proxy error</html>"), Fault(500)],  # not JSON
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "faults",
+    [
+        [Fault(500), Fault(503)],
+        [Fault(502), Fault(429, headers={"Retry-After": "0"})],
+        [Fault(200, body="<html>upstream proxy error</html>"), Fault(500)],  # not JSON
+    ],
+)
 def test_two_failures_then_success_is_one_answer_after_three_requests(
     fake_llm: FakeLLM, faults: list[Fault]
 ) -> None:
@@ -129,8 +135,12 @@ def test_cli_llm_failure_is_one_line_exit_1_without_the_key(
     corpus_settings: Settings, fake_llm: FakeLLM
 ) -> None:
     fake_llm.default = Fault(500)
-    env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake_llm.base_url,
-           "RAG_LLM_MAX_RETRIES": "1", "RAG_LLM_TIMEOUT": "10"}  # fmt: skip
+    env = {
+        "OPENAI_API_KEY": KEY,
+        "OPENAI_BASE_URL": fake_llm.base_url,
+        "RAG_LLM_MAX_RETRIES": "1",
+        "RAG_LLM_TIMEOUT": "10",
+    }
     proc = run_rag("ask", "How does L-Mul replace multiplication?", env=env)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()

@@ -10,8 +10,8 @@ import pytest
 
 from rag import api
 from rag.embed import CachedEmbedder, get_embedder
-from rag.index import Store
 from rag.settings import Settings
+from rag.store import Store
 from tests.fake_llm import FakeLLM, Fault
 from tests.helpers import write_jsonl
 
@@ -20,17 +20,24 @@ MODEL = "openai:toy-embedding"
 
 def openai_settings(index_dir: Path, fake: FakeLLM, **more: object) -> Settings:
     return Settings(
-        index_dir=index_dir, embed_model=MODEL, openai_api_key="sk-embed-test",
-        openai_base_url=fake.base_url, llm_max_retries=2, **more,
-    )  # fmt: skip
+        index_dir=index_dir,
+        embed_model=MODEL,
+        openai_api_key="sk-embed-test",
+        openai_base_url=fake.base_url,
+        llm_max_retries=2,
+        **more,
+    )
 
 
 def papers(n: int) -> list[dict[str, str]]:
     return [
-        {"id": f"p{i}", "title": f"Paper {i} about topic {i % 7}",
-         "text": f"Finding {i} on topic {i % 7}. " * 4}
+        {
+            "id": f"p{i}",
+            "title": f"Paper {i} about topic {i % 7}",
+            "text": f"Finding {i} on topic {i % 7}. " * 4,
+        }
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def embedded_texts(fake: FakeLLM) -> list[str]:

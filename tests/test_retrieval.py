@@ -88,7 +88,7 @@ def test_default_retriever_meets_the_quality_bar_on_the_dev_questions(
         tmp_path / "eval",
         modes=["dense", "hybrid"],
         no_llm=True,
-    )
+    ).metrics
     dense, hybrid = metrics["modes"]["dense"], metrics["modes"]["hybrid"]
     single, multi = hybrid["single_and_title"], hybrid["by_type"]["multi"]
     assert single["recall@1"] >= 0.97 and single["mrr"] >= 0.98
@@ -127,7 +127,7 @@ def test_exact_search_matches_the_hnsw_index_and_is_exact(corpus_settings: Setti
 def test_chunk_table_breaks_ties_by_chunk_id() -> None:
     import numpy as np
 
-    from rag.index import ChunkTable
+    from rag.table import ChunkTable
 
     got = {
         "ids": ["c", "a", "b", "d"],

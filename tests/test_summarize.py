@@ -21,9 +21,12 @@ MAP_MARK = "In one or two sentences"
 
 def llm_settings(settings: Settings, fake: FakeLLM) -> Settings:
     return Settings(
-        index_dir=settings.index_dir, openai_api_key="sk-sum-test",
-        openai_base_url=fake.base_url, llm_model="fake", llm_max_retries=0,
-    )  # fmt: skip
+        index_dir=settings.index_dir,
+        openai_api_key="sk-sum-test",
+        openai_base_url=fake.base_url,
+        llm_model="fake",
+        llm_max_retries=0,
+    )
 
 
 def summary_llm(body: dict[str, Any]) -> str:
@@ -32,8 +35,10 @@ def summary_llm(body: dict[str, Any]) -> str:
         title = re.search(r"Title: (.*)", prompt).group(1)
         return f"Contribution of {title} [7]."  # a stray marker the map step must not keep
     numbers = re.findall(r"^\[(\d+)\] ", prompt, flags=re.M)
-    return (f"The papers build datasets [{numbers[0]}]. **Benchmarks** compare methods "
-            f"[{numbers[1]}][99]. **Open problems** remain [{numbers[0]}].")  # fmt: skip
+    return (
+        f"The papers build datasets [{numbers[0]}]. **Benchmarks** compare methods "
+        f"[{numbers[1]}][99]. **Open problems** remain [{numbers[0]}]."
+    )
 
 
 def test_map_reduce_carries_the_abstracts_and_cites_the_right_titles(
@@ -50,8 +55,11 @@ def test_map_reduce_carries_the_abstracts_and_cites_the_right_titles(
     retriever = get_retriever(settings)
     for paper in summary.papers:
         (full,) = retriever.papers_by_id([paper.paper_id])
-        prompt = next(m["body"]["messages"][-1]["content"] for m in maps
-                      if f"Title: {paper.title}\n" in m["body"]["messages"][-1]["content"])  # fmt: skip
+        prompt = next(
+            m["body"]["messages"][-1]["content"]
+            for m in maps
+            if f"Title: {paper.title}\n" in m["body"]["messages"][-1]["content"]
+        )
         assert f"Abstract: {full.text}" in prompt  # the whole abstract, not a snippet
         assert paper.one_line == f"Contribution of {paper.title}."  # stray [7] removed
     assert fake_llm.max_in_flight >= 2
@@ -117,15 +125,16 @@ def test_paper_summary_by_exact_or_near_title(
     data = json.loads(proc.stdout)
     assert data["topic"] == title and data["mode"] == "extractive"
     assert data["citations"] == [
-        {"n": 1, "paper_id": data["papers"][0]["paper_id"], "title": title,
-         "url": paper_url(title)}
-    ]  # fmt: skip
+        {"n": 1, "paper_id": data["papers"][0]["paper_id"], "title": title, "url": paper_url(title)}
+    ]
     assert "**Problem**" in data["summary"] and "**Limitations**" in data["summary"]
 
 
 def test_paper_summary_through_the_llm(corpus_settings: Settings, fake_llm: FakeLLM) -> None:
-    fake_llm.reply("**Problem** Sorting [1]. **Method** Pointers [1][2]. **Results** 3 [1]. "
-                   "**Limitations** None stated [1].")  # fmt: skip
+    fake_llm.reply(
+        "**Problem** Sorting [1]. **Method** Pointers [1][2]. **Results** 3 [1]. "
+        "**Limitations** None stated [1]."
+    )
     summary = api.summarize_paper("Pointer Networks", llm_settings(corpus_settings, fake_llm))
     (request,) = fake_llm.chat_requests()
     assert "Title: Pointer Networks\n" in request["body"]["messages"][-1]["content"]

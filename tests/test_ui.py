@@ -23,9 +23,14 @@ from tests.fake_llm import FakeLLM, Fault
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 KEY = "sk-ui-test-SECRET-4242"
 LMUL = "Addition is All You Need for Energy-efficient Language Models"
 LION = "Symbolic Discovery of Optimization Algorithms"
@@ -104,8 +109,12 @@ def served(
     log = (home / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "rag", "serve", "--port", str(port)],
-        env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        env=env,
+        cwd=home,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url, proc)
@@ -144,9 +153,11 @@ def ask_in_page(page: Any, question: str) -> None:
 
 
 def test_chat_in_a_real_browser_streams_cites_and_follows_up(
-    served: tuple[str, subprocess.Popen[str], Path], browser: Any, llm_server: FakeLLM,
+    served: tuple[str, subprocess.Popen[str], Path],
+    browser: Any,
+    llm_server: FakeLLM,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     url, _, log = served
     page = open_page(browser, url)
     page.locator("#question textarea").wait_for(timeout=60_000)
@@ -188,9 +199,11 @@ def test_chat_in_a_real_browser_streams_cites_and_follows_up(
 
 
 def test_filters_in_the_page_restrict_what_is_searched_and_cited(
-    served: tuple[str, subprocess.Popen[str], Path], browser: Any, llm_server: FakeLLM,
+    served: tuple[str, subprocess.Popen[str], Path],
+    browser: Any,
+    llm_server: FakeLLM,
     bundled_corpus: Path,
-) -> None:  # fmt: skip
+) -> None:
     from rag.corpus import Paper, iter_file
 
     url, _, _ = served
@@ -222,8 +235,11 @@ def test_filters_in_the_page_restrict_what_is_searched_and_cited(
     ask_in_page(page, "language models")
     sources.get_by_text("Also retrieved").wait_for(timeout=60_000)
     panel = sources.inner_text()
-    listed = [line.split("] ", 1)[1].split(" · listed ")[0].strip()
-              for line in panel.splitlines() if re.match(r"^\[\d+\] ", line)]  # fmt: skip
+    listed = [
+        line.split("] ", 1)[1].split(" · listed ")[0].strip()
+        for line in panel.splitlines()
+        if re.match(r"^\[\d+\] ", line)
+    ]
     assert len(listed) >= 3 and all(t in titles for t in listed), listed
     page.close()
 
@@ -344,11 +360,17 @@ def test_first_start_builds_the_index_then_serves(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     records = [
-        {"title": "Pointer Networks", "abstract": "Pointer networks use attention as a pointer "
-         "to select positions of the input sequence as outputs, for sorting and convex hulls."},
-        {"title": "Lion Optimizer", "abstract": "A sign-based optimizer discovered by program "
-         "search uses less memory than AdamW and trains vision transformers faster."},
-    ]  # fmt: skip
+        {
+            "title": "Pointer Networks",
+            "abstract": "Pointer networks use attention as a pointer "
+            "to select positions of the input sequence as outputs, for sorting and convex hulls.",
+        },
+        {
+            "title": "Lion Optimizer",
+            "abstract": "A sign-based optimizer discovered by program "
+            "search uses less memory than AdamW and trains vision transformers faster.",
+        },
+    ]
     from tests.helpers import write_jsonl
 
     write_jsonl(corpus / "papers.jsonl", records)
@@ -359,9 +381,13 @@ def test_first_start_builds_the_index_then_serves(tmp_path: Path) -> None:
         "RAG_CORPUS_DIR": str(corpus),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rag", "serve", "--port", str(port)], env=env, cwd=tmp_path,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "rag", "serve", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}", proc)
         from gradio_client import Client

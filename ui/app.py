@@ -1,4 +1,4 @@
-"""The Gradio chat front-end: a thin shell over `rag.api.chat`.
+"""The Gradio chat front-end: a thin shell over `rag.api.Assistant`.
 
 Answers stream token by token; the Sources panel lists the cited papers (title, the sentence
 that supports the answer, listing dates, links) and, apart, the papers retrieved but not cited.
@@ -19,15 +19,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr
 
-from rag import api
+from rag.api import Assistant
 from rag.conversation import Turn
 from rag.errors import RagError
-from rag.index import Filter
+from rag.filters import Filter
 
 if TYPE_CHECKING:
     from rag.answer import Answer, Source
-    from rag.embed import Embedder
-    from rag.retrieve import Retriever
     from rag.settings import Settings
     from rag.summarize import Summary
 
@@ -140,90 +138,6 @@ def turns_from_messages(history: Sequence[dict[str, Any]] | None) -> list[Turn]:
     return turns
 
 
-class ChatService:
-    """Shared by every session: the embedder and one retriever per mode, built once."""
-
-    def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
-        from rag.embed import get_embedder
-
-        self.settings = settings
-        self.embedder = embedder or get_embedder(settings)
-        self._retrievers: dict[str, Retriever] = {}
-        self._lock = threading.Lock()
-
-    def retriever(self, mode: str) -> Retriever:
-        from rag.retrieve import get_retriever
-
-        with self._lock:
-            if mode not in self._retrievers:
-                self._retrievers[mode] = get_retriever(self.settings, self.embedder, mode)
-            return self._retrievers[mode]
-
-    def options(self, k: int, mode: str, answer_mode: str, model: str) -> tuple[Settings, bool]:
-        """Settings for one request and whether to answer without the LLM."""
-        update: dict[str, Any] = {"top_k": int(k), "retriever": mode}
-        if model.strip():
-            update["llm_model"] = model.strip()
-        settings = self.settings.model_copy(update=update)
-        return settings, answer_mode != "LLM" or not settings.llm_configured
-
-    def ask(
-        self,
-        message: str,
-        turns: Sequence[Turn],
-        settings: Settings,
-        no_llm: bool,
-        on_token: Any = None,
-        filters: Filter | None = None,
-    ) -> tuple[Answer, Turn]:
-        return api.chat(
-            message, turns, settings, settings.top_k, no_llm=no_llm,
-            retriever=self.retriever(settings.retriever), embedder=self.embedder,
-            on_token=on_token, filters=filters,
-        )  # fmt: skip
-
-    def stream(
-        self, message: str, turns: Sequence[Turn], settings: Settings, no_llm: bool,
-        filters: Filter | None = None,
-    ) -> Iterator[str | tuple[Answer, Turn] | RagError]:  # fmt: skip
-        """Tokens as they arrive, then the (answer, turn) pair, or the error that ended it."""
-        return in_background(lambda emit: self.ask(message, turns, settings, no_llm, emit, filters))
-
-    def summarize(
-        self, topic: str, max_papers: int, no_llm: bool, filters: Filter | None = None
-    ) -> Iterator[Any]:
-        """(done, total) progress pairs as map calls finish, then the summary (or the error)."""
-        return in_background(lambda emit: api.summarize(
-            topic, self.settings, max_papers, no_llm,
-            retriever=self.retriever(self.settings.retriever), embedder=self.embedder,
-            on_progress=lambda done, total: emit((done, total)), filters=filters,
-        ))  # fmt: skip
-
-    def summarize_paper(self, query: str, no_llm: bool, filters: Filter | None = None) -> Any:
-        return api.summarize_paper(
-            query, self.settings, no_llm, retriever=self.retriever(self.settings.retriever),
-            embedder=self.embedder, filters=filters,
-        )  # fmt: skip
-
-    def sources(self) -> list[str]:
-        """The files the collection's papers were read from (for the source filter)."""
-        from rag.index import Store
-
-        store = Store(self.settings, self.embedder.name)
-        if not store.exists() or store.count() > 200_000:
-            return []
-        return sorted({s for c in store.all_chunks() for s in c.metadata.get("sources") or ()})
-
-    def titles(self, limit: int = 5000) -> list[str]:
-        """Paper titles for the picker (none for a very large collection: type instead)."""
-        from rag.index import Store
-
-        store = Store(self.settings, self.embedder.name)
-        if not store.exists() or store.count() > 4 * limit:
-            return []
-        return sorted({c.metadata["title"] for c in store.all_chunks()})[:limit]
-
-
 def in_background(work: Any) -> Iterator[Any]:
     """Run `work(emit)` in a thread; yield what it emits, then its result or its `RagError`."""
     items: queue.Queue[Any] = queue.Queue()
@@ -242,19 +156,30 @@ def in_background(work: Any) -> Iterator[Any]:
         yield item
 
 
-def build_app(settings: Settings, service: ChatService | None = None) -> gr.Blocks:
-    service = service or ChatService(settings)
+def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Blocks:
+    assistant = assistant or Assistant(settings)
     llm_ready = settings.llm_configured
 
     def respond(
-        message: str, chat: list[dict[str, Any]], turns: list[Turn], k: float, mode: str,
-        answer_mode: str, model: str, since: str, categories: str, sources: list[str],
-    ) -> Iterator[tuple[Any, ...]]:  # fmt: skip
+        message: str,
+        chat: list[dict[str, Any]],
+        turns: list[Turn],
+        k: float,
+        mode: str,
+        answer_mode: str,
+        model: str,
+        since: str,
+        categories: str,
+        sources: list[str],
+    ) -> Iterator[tuple[Any, ...]]:
         chat = list(chat or [])
         if not (message or "").strip():
             yield chat, gr.skip(), "", turns
             return
-        request, no_llm = service.options(int(k), mode, answer_mode, model or "")
+        options: dict[str, Any] = {"top_k": int(k), "retriever": mode}
+        if (model or "").strip():
+            options["llm_model"] = model.strip()
+        request = assistant.adjusted(no_llm=answer_mode != "LLM" or not llm_ready, **options)
         chat += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         try:
             filters = Filter.from_text(since, categories, sources or [])
@@ -264,7 +189,9 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
             return
         yield chat, "### Sources\n_Searching the collection…_", "", turns
         streamed = ""
-        for item in service.stream(message, turns, request, no_llm, filters):
+        for item in in_background(
+            lambda emit: request.chat(message, turns, request.settings.top_k, emit, filters)
+        ):
             if isinstance(item, str):
                 streamed += item
                 chat[-1] = {"role": "assistant", "content": streamed}
@@ -279,9 +206,13 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
                 yield chat, render_sources(answer), "", [*turns, turn]
 
     def summarize_topic(
-        topic: str, max_papers: float, answer_mode: str, since: str, categories: str,
+        topic: str,
+        max_papers: float,
+        answer_mode: str,
+        since: str,
+        categories: str,
         sources: list[str],
-    ) -> Iterator[str]:  # fmt: skip
+    ) -> Iterator[str]:
         if not (topic or "").strip():
             yield "Type a topic first."
             return
@@ -292,7 +223,12 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
             yield f"⚠️ Filters: {exc}"
             return
         yield "_Selecting the papers on this topic…_"
-        for item in service.summarize(topic, int(max_papers), no_llm, filters):
+        request = assistant.adjusted(no_llm=no_llm)
+        for item in in_background(
+            lambda emit: request.summarize(
+                topic, int(max_papers), lambda done, total: emit((done, total)), filters
+            )
+        ):
             if isinstance(item, tuple):
                 yield f"_Summarising the papers: {item[0]} of {item[1]} done…_"
             elif isinstance(item, RagError):
@@ -307,17 +243,16 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
             return "Pick or type a paper title first."
         try:
             filters = Filter.from_text(since, categories, sources or [])
-            return render_summary(
-                service.summarize_paper(title, answer_mode != "LLM" or not llm_ready, filters)
-            )
+            request = assistant.adjusted(no_llm=answer_mode != "LLM" or not llm_ready)
+            return render_summary(request.summarize_paper(title, filters))
         except RagError as exc:
             return f"⚠️ {exc}"
 
     def chat_api(message: str, history: list | None = None) -> str:
         """Answer `message` (with an optional messages-format history); the answer text, then
         its cited sources by number and title."""
-        answer, _ = service.ask(message, turns_from_messages(history), settings,
-                                no_llm=not settings.llm_configured)  # fmt: skip
+        request = assistant.adjusted(no_llm=not llm_ready)
+        answer, _ = request.chat(message, turns_from_messages(history))
         return api_text(answer)
 
     with gr.Blocks(title=TITLE) as app:
@@ -327,28 +262,40 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
         turns = gr.State([])
         with gr.Accordion("Filters: which papers may be searched and cited", open=False):
             with gr.Row():
-                since = gr.Textbox(label="Since (YYYY-MM-DD)", placeholder="e.g. 2024-01-01",
-                                   elem_id="filter-since")  # fmt: skip
+                since = gr.Textbox(
+                    label="Since (YYYY-MM-DD)",
+                    placeholder="e.g. 2024-01-01",
+                    elem_id="filter-since",
+                )
                 categories = gr.Textbox(
-                    label="arXiv categories (any of)", placeholder="e.g. cs.LG cs.CL",
+                    label="arXiv categories (any of)",
+                    placeholder="e.g. cs.LG cs.CL",
                     elem_id="filter-category",
-                )  # fmt: skip
+                )
                 source_files = gr.Dropdown(
-                    service.sources(), value=[], multiselect=True, label="Source files (any of)",
+                    assistant.source_files(),
+                    value=[],
+                    multiselect=True,
+                    label="Source files (any of)",
                     elem_id="filter-source",
-                )  # fmt: skip
+                )
         with gr.Tabs():
             with gr.Tab("Chat"):
                 with gr.Row():
                     with gr.Column(scale=3):
                         chatbot = gr.Chatbot(
-                            label="Chat", height=480, buttons=["copy", "copy_all"],
-                            elem_id="chat", placeholder="Ask about the papers in the collection.",
-                        )  # fmt: skip
+                            label="Chat",
+                            height=480,
+                            buttons=["copy", "copy_all"],
+                            elem_id="chat",
+                            placeholder="Ask about the papers in the collection.",
+                        )
                         box = gr.Textbox(
-                            placeholder="Ask a question and press Enter", show_label=False,
-                            elem_id="question", autofocus=True,
-                        )  # fmt: skip
+                            placeholder="Ask a question and press Enter",
+                            show_label=False,
+                            elem_id="question",
+                            autofocus=True,
+                        )
                         with gr.Row():
                             send = gr.Button("Send", variant="primary", elem_id="send")
                             clear = gr.ClearButton([chatbot, box, turns], value="Clear chat")
@@ -356,16 +303,23 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
                     with gr.Column(scale=2):
                         sources = gr.Markdown(EMPTY_SOURCES, elem_id="sources")
                         with gr.Accordion("Options", open=False):
-                            k = gr.Slider(1, 10, value=settings.top_k, step=1,
-                                          label="Number of sources")  # fmt: skip
-                            mode = gr.Radio(["hybrid", "dense", "bm25"], value=settings.retriever,
-                                            label="Retriever")  # fmt: skip
+                            k = gr.Slider(
+                                1, 10, value=settings.top_k, step=1, label="Number of sources"
+                            )
+                            mode = gr.Radio(
+                                ["hybrid", "dense", "bm25"],
+                                value=settings.retriever,
+                                label="Retriever",
+                            )
                             answer_mode = gr.Radio(
-                                list(MODES), value="LLM" if llm_ready else "Extractive",
-                                label="Answer mode", interactive=llm_ready,
-                            )  # fmt: skip
-                            model = gr.Textbox(value=settings.llm_model, label="Model name",
-                                               interactive=llm_ready)  # fmt: skip
+                                list(MODES),
+                                value="LLM" if llm_ready else "Extractive",
+                                label="Answer mode",
+                                interactive=llm_ready,
+                            )
+                            model = gr.Textbox(
+                                value=settings.llm_model, label="Model name", interactive=llm_ready
+                            )
             with gr.Tab("Summaries"):
                 with gr.Row():
                     with gr.Column(scale=2):
@@ -375,12 +329,16 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
                             placeholder="e.g. medical image segmentation datasets",
                         )
                         max_papers = gr.Slider(2, 20, value=8, step=1, label="Most papers")
-                        topic_button = gr.Button("Summarise the topic", variant="primary",
-                                                 elem_id="summarize-topic")  # fmt: skip
+                        topic_button = gr.Button(
+                            "Summarise the topic", variant="primary", elem_id="summarize-topic"
+                        )
                         picker = gr.Dropdown(
-                            service.titles(), label="Or one paper", allow_custom_value=True,
-                            filterable=True, elem_id="paper",
-                        )  # fmt: skip
+                            assistant.paper_titles(),
+                            label="Or one paper",
+                            allow_custom_value=True,
+                            filterable=True,
+                            elem_id="paper",
+                        )
                         paper_button = gr.Button("Summarise the paper", elem_id="summarize-paper")
                     with gr.Column(scale=3):
                         summary = gr.Markdown("", elem_id="summary")
@@ -393,8 +351,9 @@ def build_app(settings: Settings, service: ChatService | None = None) -> gr.Bloc
         topic_inputs = [topic, max_papers, answer_mode, *filter_inputs]
         topic_button.click(summarize_topic, topic_inputs, summary, api_visibility="private")
         topic.submit(summarize_topic, topic_inputs, summary, api_visibility="private")
-        paper_button.click(summarize_one, [picker, answer_mode, *filter_inputs], summary,
-                           api_visibility="private")  # fmt: skip
+        paper_button.click(
+            summarize_one, [picker, answer_mode, *filter_inputs], summary, api_visibility="private"
+        )
         gr.api(chat_api, api_name="chat", concurrency_limit=CONCURRENCY)
     return app
 
@@ -404,15 +363,22 @@ def launch(
     host: str = "127.0.0.1",
     port: int = 7860,
     block: bool = True,
-    service: ChatService | None = None,
+    assistant: Assistant | None = None,
 ) -> gr.Blocks:
     """Serve the app on `host:port` (never a public share link); login when RAG_UI_AUTH is set."""
-    app = build_app(settings, service)
+    app = build_app(settings, assistant)
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=256)
     auth = settings.ui_credentials()
     app.launch(
-        server_name=host, server_port=port, share=False, auth=auth, prevent_thread_lock=not block,
-        show_error=False, quiet=True, ssr_mode=False, theme=gr.themes.Soft(),
+        server_name=host,
+        server_port=port,
+        share=False,
+        auth=auth,
+        prevent_thread_lock=not block,
+        show_error=False,
+        quiet=True,
+        ssr_mode=False,
+        theme=gr.themes.Soft(),
         footer_links=["api"],
-    )  # fmt: skip
+    )
     return app

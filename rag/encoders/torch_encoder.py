@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from rag.encoders.bert import BertConfig
+
 log = logging.getLogger(__name__)
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of native bfloat16 arithmetic
 # Batches are padded to a multiple of this many tokens: oneDNN builds (and keeps) kernels for
@@ -50,19 +52,17 @@ def available() -> bool:
 class Bf16Encoder:
     """BERT (mean pooling, L2 norm) over padded token ids, weights in bfloat16.
 
-    `weights` are the float32 arrays `MiniLMEmbedder._weights` prepares (QKV fused and
-    pre-transposed to [in, out])."""
+    `weights` are the float32 arrays of `bert.packed_weights` (QKV fused and pre-transposed to
+    [in, out])."""
 
-    def __init__(
-        self, weights: dict[str, np.ndarray], layers: int, heads: int, eps: float, threads: int
-    ) -> None:
+    def __init__(self, weights: dict[str, np.ndarray], config: BertConfig, threads: int) -> None:
         import torch
         import torch.nn.functional
 
         torch.set_num_threads(threads)
         self.torch, self.F = torch, torch.nn.functional
-        self.layers, self.heads, self.eps = layers, heads, eps
-        self.hidden = int(weights["ln_g"].shape[0])
+        self.layers, self.heads, self.eps = config.layers, config.heads, config.eps
+        self.hidden = config.hidden
         f32 = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
         bf16 = torch.bfloat16
         self.w: dict[str, Any] = {}

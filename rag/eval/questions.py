@@ -1,0 +1,284 @@
+"""A question file -> each question retrieved and answered per retriever mode -> scores.
+
+`run_questions` takes what it runs with (retrievers, embedder, LLM) from the entry layer, which
+resolves them; `summarise` turns one mode's results into the metrics of `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rag import limits
+from rag.corpus import normalise_title, read_text
+from rag.errors import InputError, LLMError
+from rag.eval import progress_bar
+from rag.eval.metrics import (
+    fact_recall,
+    mean,
+    ndcg_at_k,
+    percentile,
+    precision_recall,
+    recall_at_k,
+    reciprocal_rank,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from rag.embed import Embedder
+    from rag.llm import LLM
+    from rag.retrieve import Retriever
+    from rag.settings import Settings
+
+TYPES = ("single", "title", "multi", "unanswerable")
+CUTOFFS = (1, 5, 10)
+MAX_CONSECUTIVE_ERRORS = 3  # the LLM endpoint is down, not flaky: stop instead of waiting on it
+
+
+@dataclass
+class Question:
+    qid: str
+    type: str
+    question: str
+    gold_titles: list[str] = field(default_factory=list)
+    answer: str = ""
+    facts: list[str] = field(default_factory=list)
+
+
+def load_questions(path: Path) -> list[Question]:
+    """Questions of a JSONL file; a malformed line is an `InputError` naming file and line."""
+    questions: list[Question] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(read_text(path).splitlines(), start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(raw)
+        except ValueError as exc:
+            raise InputError(f"{where}: not valid JSON ({exc})") from None
+        question = _question(record, where)
+        if question.qid in seen:
+            raise InputError(f"{where}: duplicate qid {question.qid!r}")
+        seen.add(question.qid)
+        questions.append(question)
+    if not questions:
+        raise InputError(f"{path}: no questions")
+    return questions
+
+
+def _question(record: object, where: str) -> Question:
+    if not isinstance(record, dict):
+        raise InputError(f"{where}: expected a JSON object")
+    for name in ("qid", "type", "question"):
+        if not isinstance(record.get(name), str | int) or not str(record[name]).strip():
+            raise InputError(f"{where}: missing or empty field {name!r}")
+    lists = {name: record.get(name) or [] for name in ("gold_titles", "facts")}
+    for name, value in lists.items():
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InputError(f"{where}: field {name!r} must be a list of strings")
+    qtype = str(record["type"])
+    if qtype != "unanswerable" and not lists["gold_titles"]:
+        raise InputError(f"{where}: a {qtype!r} question needs gold_titles")
+    return Question(
+        str(record["qid"]),
+        qtype,
+        str(record["question"]),
+        lists["gold_titles"],
+        str(record.get("answer") or ""),
+        lists["facts"],
+    )
+
+
+@dataclass
+class Result:
+    """One question answered by one retriever mode, with its scores."""
+
+    qid: str
+    type: str
+    question: str
+    retriever: str
+    retrieved: list[str]
+    answer: str
+    citations: list[str]
+    mode: str
+    latency_s: float
+    gold_titles: list[str]
+    refused: bool
+    scores: dict[str, float | None]
+    error: str | None = None
+
+
+def score_result(result: Result, facts: Sequence[str], k: int) -> dict[str, float | None]:
+    """The per-question metrics of a result (titles compared in normalised form)."""
+    retrieved = [normalise_title(t) for t in result.retrieved]
+    gold = {normalise_title(t) for t in result.gold_titles}
+    cited = {normalise_title(t) for t in result.citations}
+    scores: dict[str, float | None] = {
+        f"recall@{c}": recall_at_k(retrieved, gold, c) for c in CUTOFFS
+    }
+    scores["mrr"] = reciprocal_rank(retrieved, gold)
+    scores["ndcg@10"] = ndcg_at_k(retrieved, gold, 10)
+    scores["citation_precision"], scores["citation_recall"] = (
+        precision_recall(cited, gold) if gold else (None, None)
+    )
+    scores["fact_recall"] = fact_recall(result.answer, facts)
+    return scores
+
+
+def answer_one(
+    question: Question,
+    retriever: Retriever,
+    mode_name: str,
+    settings: Settings,
+    embedder: Embedder,
+    llm: LLM | None,
+    k: int,
+) -> Result:
+    """Retrieve and answer one question, timing both; an LLM failure is kept in `error`."""
+    from rag.answer import answer_question, clean_question
+
+    start = time.perf_counter()
+    text = clean_question(question.question)
+    papers = retriever.search(text, max(k, settings.top_k))
+    error = None
+    try:
+        sources = papers[: settings.top_k]
+        retriever.attach_texts(sources)
+        answer = answer_question(text, sources, settings, embedder, llm)
+        reply, mode, refused = answer.answer, answer.mode, answer.refused and not answer.citations
+        citations = [s.title for s in answer.citations]
+    except LLMError as exc:
+        reply, mode, refused, citations, error = "", "error", False, [], str(exc)
+    latency = time.perf_counter() - start
+    result = Result(
+        question.qid,
+        question.type,
+        question.question,
+        mode_name,
+        [p.title for p in papers[:k]],
+        reply,
+        citations,
+        mode,
+        round(latency, 4),
+        question.gold_titles,
+        refused,
+        {},
+        error,
+    )
+    result.scores = score_result(result, question.facts, k)
+    return result
+
+
+def run_questions(
+    questions: Sequence[Question],
+    retrievers: Mapping[str, Retriever],
+    settings: Settings,
+    embedder: Embedder,
+    llm: LLM | None,
+    k: int = limits.EVAL_K,
+    progress: bool = False,
+) -> dict[str, list[Result]]:
+    """Every question through every retriever (by mode name): results by mode, in question
+    order. Three LLM failures in a row end the run (the endpoint is down, not flaky)."""
+    runs: dict[str, list[Result]] = {}
+    for mode, retriever in retrievers.items():
+        results: list[Result] = []
+        failures = 0
+        for question in progress_bar(questions, f"eval {mode}", progress):
+            result = answer_one(question, retriever, mode, settings, embedder, llm, k)
+            failures = failures + 1 if result.error else 0
+            if failures >= MAX_CONSECUTIVE_ERRORS:
+                raise LLMError(
+                    f"giving up after {failures} failed questions in a row: {result.error}"
+                )
+            results.append(result)
+        runs[mode] = results
+    return runs
+
+
+METRICS = (
+    *(f"recall@{c}" for c in CUTOFFS),
+    "mrr",
+    "ndcg@10",
+    "citation_precision",
+    "citation_recall",
+    "fact_recall",
+)
+
+
+def summarise(results: Sequence[Result], k: int) -> dict[str, Any]:
+    """Metrics of one mode's results: overall, per question type, refusal, latency, curve."""
+    answerable = [r for r in results if r.type != "unanswerable"]
+    unanswerable = [r for r in results if r.type == "unanswerable"]
+    by_type = {
+        qtype: _averages([r for r in results if r.type == qtype])
+        for qtype in [*TYPES, *sorted({r.type for r in results} - set(TYPES))]
+        if any(r.type == qtype for r in results)
+    }
+    latencies = [r.latency_s for r in results]
+    return {
+        "overall": _averages(answerable),
+        "by_type": by_type,
+        "single_and_title": _averages([r for r in results if r.type in ("single", "title")]),
+        "refusal": {
+            "unanswerable": len(unanswerable),
+            "refusal_accuracy": mean(float(r.refused) for r in unanswerable),
+            "answerable": len(answerable),
+            "false_refusal_rate": mean(float(r.refused) for r in answerable),
+        },
+        "latency_s": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)},
+        "errors": sum(r.error is not None for r in results),
+        "recall_curve": recall_curve(answerable, k),
+    }
+
+
+def _averages(results: Sequence[Result]) -> dict[str, Any]:
+    out: dict[str, Any] = {"questions": len(results)}
+    for name in METRICS:
+        out[name] = mean(r.scores.get(name) for r in results)
+    return out
+
+
+def recall_curve(results: Sequence[Result], k: int) -> list[float | None]:
+    """Mean Recall@i for i = 1..k over questions with gold papers."""
+    keyed = [
+        ([normalise_title(t) for t in r.retrieved], {normalise_title(t) for t in r.gold_titles})
+        for r in results
+        if r.gold_titles
+    ]
+    return [mean(recall_at_k(got, gold, i) for got, gold in keyed) for i in range(1, k + 1)]
+
+
+def question_metrics(
+    runs: Mapping[str, Sequence[Result]],
+    k: int,
+    settings: Settings,
+    questions_file: Path,
+    no_llm: bool,
+) -> dict[str, Any]:
+    """What `metrics.json` holds: the run's settings and each mode's metrics."""
+    return {
+        "questions_file": str(questions_file),
+        "questions": len(next(iter(runs.values()), [])),
+        "k": k,
+        "settings": _settings_summary(settings, no_llm),
+        "modes": {mode: summarise(results, k) for mode, results in runs.items()},
+    }
+
+
+def _settings_summary(settings: Settings, no_llm: bool) -> dict[str, Any]:
+    llm = None if no_llm or not settings.llm_configured else settings.llm_model
+    return {
+        "embed_model": settings.embed_model,
+        "chunk_tokens": settings.chunk_tokens,
+        "top_k": settings.top_k,
+        "min_relevance": settings.min_relevance,
+        "dense_weight": settings.dense_weight,
+        "bm25_weight": settings.bm25_weight,
+        "llm_model": llm,
+    }
