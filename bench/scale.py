@@ -64,9 +64,9 @@ def bench_query(n_chunks: int, tmp: Path) -> list[tuple[str, str]]:
     import numpy as np
 
     from rag.corpus import Listing, Paper
-    from rag.ingest import Chunk
+    from rag.ingest import WRITE_BATCH, Chunk
     from rag.settings import Settings
-    from rag.store import WRITE_BATCH, Store
+    from rag.store import Store
 
     settings = Settings(index_dir=tmp / "query-index")
     store = Store(settings, StubEmbedder.name)

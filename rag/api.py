@@ -60,18 +60,38 @@ class Assistant:
 
         self.settings = settings
         self.embedder = using.get("embedder") or get_embedder(settings)
-        self.llm = configured_llm(settings, using.get("no_llm", False), using.get("llm"))
+        self.no_llm = using.get("no_llm", False)
+        self._llm = configured_llm(settings, False, using.get("llm"))
         given = using.get("retriever")
         self._retrievers: dict[str, Retriever] = {settings.retriever: given} if given else {}
         self._lock = threading.Lock()
 
-    def adjusted(self, no_llm: bool | None = None, **changes: Any) -> Assistant:
-        """This assistant with some settings changed (`top_k`, `retriever`, `llm_model`...)
-        and, when `no_llm` is given, the LLM chosen again; embedder and retrievers shared."""
+    @property
+    def llm(self) -> LLM | None:
+        """The LLM answers are written by; None: extractive answers."""
+        return None if self.no_llm else self._llm
+
+    def adjusted(
+        self,
+        *,
+        no_llm: bool | None = None,
+        top_k: int | None = None,
+        retriever: str | None = None,
+        llm_model: str | None = None,
+    ) -> Assistant:
+        """This assistant for one request: another number of sources, retriever mode, chat
+        model or answer mode (None keeps it); the embedder and retrievers are shared."""
         clone = copy.copy(self)
-        clone.settings = self.settings.model_copy(update=changes)
-        if no_llm is not None or "llm_model" in changes:
-            clone.llm = configured_llm(clone.settings, bool(no_llm))
+        update = {"top_k": top_k, "retriever": retriever, "llm_model": llm_model}
+        clone.settings = self.settings.model_copy(
+            update={k: v for k, v in update.items() if v is not None}
+        )
+        if no_llm is not None:
+            clone.no_llm = no_llm
+        if llm_model is not None and llm_model != self.settings.llm_model:
+            from rag.llm import LLM
+
+            clone._llm = LLM(clone.settings) if self._llm is not None else None
         return clone
 
     def retriever(self, filters: Filter | None = None, mode: str | None = None) -> Retriever:
@@ -86,7 +106,7 @@ class Assistant:
         return retriever.restricted(filters) if filters else retriever
 
     def search(
-        self, query: str, k: int | None = None, filters: Filter | None = None
+        self, query: str, k: int | None = None, *, filters: Filter | None = None
     ) -> list[PaperHit]:
         """The best papers for `query`, best first (only papers that `filters` admits)."""
         from rag.answer import clean_question
@@ -97,12 +117,13 @@ class Assistant:
         self,
         question: str,
         k: int | None = None,
+        *,
         on_token: Callable[[str], None] | None = None,
         filters: Filter | None = None,
     ) -> Answer:
         """A cited answer to `question`: from the LLM when there is one, else extractive. Only
         papers that `filters` admits are retrieved, and so cited."""
-        answer, _ = self.chat(question, [], k, on_token, filters)
+        answer, _ = self.chat(question, [], k, on_token=on_token, filters=filters)
         return answer
 
     def chat(
@@ -110,6 +131,7 @@ class Assistant:
         message: str,
         history: Sequence[Turn],
         k: int | None = None,
+        *,
         on_token: Callable[[str], None] | None = None,
         filters: Filter | None = None,
     ) -> tuple[Answer, Turn]:
@@ -139,6 +161,7 @@ class Assistant:
         self,
         topic: str,
         max_papers: int = limits.SUMMARY_PAPERS,
+        *,
         on_progress: Callable[[int, int], None] | None = None,
         filters: Filter | None = None,
     ) -> Summary:
@@ -157,7 +180,7 @@ class Assistant:
             on_progress,
         )
 
-    def summarize_paper(self, query: str, filters: Filter | None = None) -> Summary:
+    def summarize_paper(self, query: str, *, filters: Filter | None = None) -> Summary:
         """A cited summary of one paper, named by id or (close) title, among those `filters`
         admits."""
         from rag.answer import clean_question
@@ -184,10 +207,10 @@ class Assistant:
         from rag.store import Store
 
         store = Store(self.settings, self.embedder.name)
-        limit = min(
-            max_chunks or self.settings.ui_scan_max_chunks, self.settings.ui_scan_max_chunks
-        )
-        if not store.exists() or store.count() > limit:
+        limit = self.settings.ui_scan_max_chunks
+        if max_chunks is not None:
+            limit = min(limit, max_chunks)
+        if limit <= 0 or not store.exists() or store.count() > limit:
             return []
         return store.all_chunks()
 
@@ -207,23 +230,25 @@ def search(
     query: str,
     settings: Settings,
     k: int | None = None,
+    *,
     filters: Filter | None = None,
     **using: Unpack[Using],
 ) -> list[PaperHit]:
     """`Assistant.search` with the configured (or given) collaborators."""
-    return Assistant(settings, **using).search(query, k, filters)
+    return Assistant(settings, **using).search(query, k, filters=filters)
 
 
 def ask(
     question: str,
     settings: Settings,
     k: int | None = None,
+    *,
     on_token: Callable[[str], None] | None = None,
     filters: Filter | None = None,
     **using: Unpack[Using],
 ) -> Answer:
     """`Assistant.ask` with the configured (or given) collaborators."""
-    return Assistant(settings, **using).ask(question, k, on_token, filters)
+    return Assistant(settings, **using).ask(question, k, on_token=on_token, filters=filters)
 
 
 def chat(
@@ -231,31 +256,35 @@ def chat(
     history: Sequence[Turn],
     settings: Settings,
     k: int | None = None,
+    *,
     on_token: Callable[[str], None] | None = None,
     filters: Filter | None = None,
     **using: Unpack[Using],
 ) -> tuple[Answer, Turn]:
     """`Assistant.chat` with the configured (or given) collaborators."""
-    return Assistant(settings, **using).chat(message, history, k, on_token, filters)
+    assistant = Assistant(settings, **using)
+    return assistant.chat(message, history, k, on_token=on_token, filters=filters)
 
 
 def summarize(
     topic: str,
     settings: Settings,
     max_papers: int = limits.SUMMARY_PAPERS,
+    *,
     on_progress: Callable[[int, int], None] | None = None,
     filters: Filter | None = None,
     **using: Unpack[Using],
 ) -> Summary:
     """`Assistant.summarize` with the configured (or given) collaborators."""
-    return Assistant(settings, **using).summarize(topic, max_papers, on_progress, filters)
+    assistant = Assistant(settings, **using)
+    return assistant.summarize(topic, max_papers, on_progress=on_progress, filters=filters)
 
 
 def summarize_paper(
-    query: str, settings: Settings, filters: Filter | None = None, **using: Unpack[Using]
+    query: str, settings: Settings, *, filters: Filter | None = None, **using: Unpack[Using]
 ) -> Summary:
     """`Assistant.summarize_paper` with the configured (or given) collaborators."""
-    return Assistant(settings, **using).summarize_paper(query, filters)
+    return Assistant(settings, **using).summarize_paper(query, filters=filters)
 
 
 # --- ingest: the only entry that writes ------------------------------------------------------
@@ -306,11 +335,11 @@ def ensure_index(
 
 @dataclass
 class EvalRun:
-    """What `rag eval` wrote to `out`: the metrics (metrics.json) and the report's summary."""
+    """What `rag eval` wrote: the metrics (metrics.json) and the report's summary (what the
+    command prints)."""
 
     metrics: dict[str, Any]
     summary: str
-    out: Path
 
 
 def evaluate(
@@ -322,19 +351,23 @@ def evaluate(
     no_llm: bool = False,
     llm: LLM | None = None,
     progress: bool = False,
+    build_index: bool = False,
 ) -> EvalRun:
-    """Score the assistant on a question file; writes results, metrics and a report to `out`."""
+    """Score the assistant on a question file; writes results, metrics and a report to `out`.
+    `build_index`: a first run, which may build the bundled corpus once the file is read."""
     from rag.eval.questions import load_questions, question_metrics, run_questions
     from rag.eval.report import write_question_run
 
     questions = load_questions(questions_file)
     assistant = Assistant(settings, no_llm=no_llm, llm=llm)
+    if build_index:
+        ensure_index(settings, assistant.embedder, progress=progress)
     retrievers = {mode: assistant.retriever(mode=mode) for mode in modes or [settings.retriever]}
     runs = run_questions(
         questions, retrievers, settings, assistant.embedder, assistant.llm, k, progress
     )
     metrics = question_metrics(runs, k, settings, questions_file, no_llm)
-    return EvalRun(metrics, write_question_run(out, runs, metrics), out)
+    return EvalRun(metrics, write_question_run(out, runs, metrics))
 
 
 def evaluate_beir(
@@ -369,4 +402,4 @@ def evaluate_beir(
     mode = mode or settings.retriever
     rows, metrics = run_beir(data, assistant.retriever(mode=mode), mode, ingested, progress)
     metrics["index_dir"] = str(index_dir)
-    return EvalRun(metrics, write_beir_run(out, rows, metrics), out)
+    return EvalRun(metrics, write_beir_run(out, rows, metrics))

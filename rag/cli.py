@@ -253,7 +253,7 @@ def search(query: str, k: int | None, filters: Filter, as_json: bool) -> None:
     Example:
       rag search "multiplication-free attention" --k 3 --json
     """
-    papers = ready(load_settings(), query).search(query, k, filters)
+    papers = ready(load_settings(), query).search(query, k, filters=filters)
     if as_json:
         results = [{"rank": i, **p.to_json()} for i, p in enumerate(papers, start=1)]
         emit_json({"query": query, "results": results})
@@ -375,8 +375,9 @@ def evaluate(
             beir, settings, out, index_dir, modes[0] if modes else None, progress=progress
         )
     else:
-        api.ensure_index(settings, progress=progress)
-        run = api.evaluate(questions, settings, out, modes, k, no_llm, progress=progress)
+        run = api.evaluate(
+            questions, settings, out, modes, k, no_llm, progress=progress, build_index=True
+        )
     if as_json:
         emit_json(run.metrics)
         return
@@ -444,7 +445,7 @@ def summarize(
         raise click.UsageError("give a TOPIC or --paper TITLE (one of them)")
     assistant = ready(load_settings(llm_model=model), paper or topic or "", no_llm)
     if paper is not None:
-        summary = assistant.summarize_paper(paper, filters)
+        summary = assistant.summarize_paper(paper, filters=filters)
     else:
         bar = None
         if sys.stderr.isatty() and assistant.llm is not None:
@@ -457,7 +458,9 @@ def summarize(
                 bar.total = total
                 bar.update(done - bar.n)
 
-        summary = assistant.summarize(topic or "", max_papers, progress, filters)
+        summary = assistant.summarize(
+            topic or "", max_papers, on_progress=progress, filters=filters
+        )
         if bar is not None:
             bar.close()
     if as_json:

@@ -204,12 +204,14 @@ class MiniLMEmbedder(Embedder):
             except OSError as exc:
                 log.info("no int8 model (%s); documents are embedded by the float model", exc)
         if precision == "bfloat16":
-            try:
-                from rag.encoders.torch_encoder import Bf16Encoder
+            try:  # torch first: the 90 MB of weights are loaded only for a pass that can run
+                import torch  # noqa: F401
 
-                return Bf16Encoder(self._weights(), self.config, CORES)
+                from rag.encoders.torch_encoder import Bf16Encoder
             except ImportError as exc:
                 log.info("no torch (%s); documents are embedded in float32", exc)
+            else:
+                return Bf16Encoder(self._weights(), self.config, CORES)
         return self._encoder("float32")
 
     def _weights(self) -> dict[str, np.ndarray]:

@@ -33,13 +33,7 @@ from rag.corpus import (
     sentence_spans,
 )
 from rag.errors import InputError, RagError
-from rag.store import (
-    PAPER_KEYS_OPTIONAL,
-    WRITE_BATCH,
-    Store,
-    listings_from_metadata,
-    paper_metadata,
-)
+from rag.store import PAPER_KEYS_OPTIONAL, Collection, listings_from_metadata, paper_metadata
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
@@ -50,6 +44,7 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".ingest.lock"
 PAPER_BATCH = 256  # papers compared with the index per round trip
+WRITE_BATCH = 2048  # chunks per Chroma write (below its max batch size)
 
 
 @dataclass(frozen=True)
@@ -292,7 +287,7 @@ def ingest_papers(
     papers: Iterable[Paper],
     settings: Settings,
     embedder: Embedder,
-    store: Store | None = None,
+    store: Collection | None = None,
     progress: bool = False,
     on_batch: Callable[[], None] | None = None,
     report: IngestReport | None = None,
@@ -302,7 +297,7 @@ def ingest_papers(
     counts go into `report` (a new one when not given), which is returned."""
     from tqdm import tqdm
 
-    store = store or Store(settings, embedder.name)
+    store = store or Collection(settings, embedder.name)
     report = report or IngestReport()
     budget = min(embedder.max_tokens, settings.chunk_tokens)
     chunker = Chunker(embedder.count_tokens, budget, settings.chunk_overlap)
@@ -343,7 +338,7 @@ def _batched(items: Iterable[Paper], size: int) -> Iterator[dict[str, Paper]]:
 class _Batch:
     """One batch of papers compared with what the store holds of them, then written."""
 
-    store: Store
+    store: Collection
     chunker: Chunker
     embedder: Embedder
     settings: Settings

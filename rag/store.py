@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 SCHEMA_KEY = "rag_schema"
 GENERATION_KEY = "generation"
-WRITE_BATCH = 2048  # chunks per Chroma write (below its max batch size)
 GET_PAGE = 10_000  # records per Chroma read of the whole collection
 
 PAPER_KEYS_OPTIONAL = ("sources", "dates", "arxiv_id", "categories", "date", "date_num")

@@ -176,10 +176,12 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         if not (message or "").strip():
             yield chat, gr.skip(), "", turns
             return
-        options: dict[str, Any] = {"top_k": int(k), "retriever": mode}
-        if (model or "").strip():
-            options["llm_model"] = model.strip()
-        request = assistant.adjusted(no_llm=answer_mode != "LLM" or not llm_ready, **options)
+        request = assistant.adjusted(
+            no_llm=answer_mode != "LLM" or not llm_ready,
+            top_k=int(k),
+            retriever=mode,
+            llm_model=(model or "").strip() or None,
+        )
         chat += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         try:
             filters = Filter.from_text(since, categories, sources or [])
@@ -190,7 +192,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         yield chat, "### Sources\n_Searching the collection…_", "", turns
         streamed = ""
         for item in in_background(
-            lambda emit: request.chat(message, turns, request.settings.top_k, emit, filters)
+            lambda emit: request.chat(message, turns, on_token=emit, filters=filters)
         ):
             if isinstance(item, str):
                 streamed += item
@@ -226,7 +228,10 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         request = assistant.adjusted(no_llm=no_llm)
         for item in in_background(
             lambda emit: request.summarize(
-                topic, int(max_papers), lambda done, total: emit((done, total)), filters
+                topic,
+                int(max_papers),
+                on_progress=lambda done, total: emit((done, total)),
+                filters=filters,
             )
         ):
             if isinstance(item, tuple):
@@ -244,7 +249,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         try:
             filters = Filter.from_text(since, categories, sources or [])
             request = assistant.adjusted(no_llm=answer_mode != "LLM" or not llm_ready)
-            return render_summary(request.summarize_paper(title, filters))
+            return render_summary(request.summarize_paper(title, filters=filters))
         except RagError as exc:
             return f"⚠️ {exc}"
 
