@@ -2,11 +2,15 @@
 
 The LLM sees numbered, delimited sources and cites them as `[n]`; `resolve_citations` keeps
 only numbers that are sources and reports the rest. Without an LLM the answer is extractive:
-the sentence of each top paper closest to the question, cited the same way.
+the sentence of each top paper closest to the question, cited the same way. Either way the
+answer is then checked claim by claim (`rag.claims`): each claim gets the evidence its
+citations give it and a verdict, and a claim another source supports clearly better is
+re-cited to it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,15 +19,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rag import prompts
+from rag.claims import CITATION, Claim, check_text, citation_numbers, tally
 from rag.corpus import SENTENCE_END
 from rag.embed import embed_cached
-from rag.errors import InputError, LLMInterrupted
+from rag.errors import InputError, LLMError, LLMInterrupted
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
     from rag.llm import LLM
     from rag.retrieve import PaperHit
     from rag.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # The one refusal phrase: the prompt asks for it, `is_refusal` looks for it.
 NOT_COVERED = "The collection does not cover this question"
@@ -35,7 +42,6 @@ EXTRACTIVE_NOTE = (
 MAX_QUESTION_CHARS = 2000
 EXTRACTIVE_PAPERS = 3
 EXTRACTIVE_MARGIN = 0.12  # papers this far below the best one are not quoted
-CITATION = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
 
 
 @dataclass
@@ -52,9 +58,12 @@ class Source:
     text: str = ""
     """The whole abstract when known (what the LLM reads), else empty: the snippet stands in."""
     quote: str = ""
+    """What the reader is shown as this source's support: the evidence for the claims that
+    cite it (set by `attribute`), else `question_quote`."""
+    question_quote: str = ""
     """The sentence of the abstract closest to the question (set by `weigh_evidence`)."""
     evidence: float | None = None
-    """Cosine similarity of `quote` to the question."""
+    """Cosine similarity of `question_quote` to the question."""
     url: str = ""
     """Where the paper can be read (arXiv abstract page, else a Hugging Face Papers search)."""
 
@@ -77,10 +86,33 @@ class Cited:
     citations: list[Source]
     dropped_citations: list[int] = field(default_factory=list)
     note: str | None = None
+    claims: list[Claim] = field(default_factory=list)
+    """The text's claims with their evidence and verdicts (set by `attribute`)."""
 
     @property
     def cited_json(self) -> list[dict[str, Any]]:
         return [s.citation_json() for s in self.citations]
+
+    @property
+    def claims_summary(self) -> dict[str, int]:
+        """How many claims got each verdict."""
+        return tally(self.claims)
+
+    @property
+    def repairs(self) -> list[dict[str, Any]]:
+        """Claims re-cited to a source that supports them better: which, from what, to what."""
+        return [
+            {"claim": i, "from": c.repaired_from, "to": c.citations}
+            for i, c in enumerate(self.claims)
+            if c.repaired_from is not None
+        ]
+
+    def claims_json(self) -> dict[str, Any]:
+        return {
+            "claims": [c.to_json() for c in self.claims],
+            "claims_summary": self.claims_summary,
+            "repairs": self.repairs,
+        }
 
 
 @dataclass
@@ -101,6 +133,7 @@ class Answer(Cited):
                 **s.citation_json(),
                 "snippet": s.snippet,
                 "quote": s.quote,
+                "question_quote": s.question_quote,
                 "evidence": None if s.evidence is None else round(s.evidence, 4),
             }
             for s in self.sources
@@ -114,6 +147,7 @@ class Answer(Cited):
             "dropped_citations": self.dropped_citations,
             "note": self.note,
             "interrupted": self.interrupted,
+            **self.claims_json(),
         }
 
 
@@ -255,7 +289,8 @@ def weigh_evidence(question: str, sources: Sequence[Source], embedder: Embedder)
     for source, group in zip(sources, per_source, strict=True):
         scores = similarity[at : at + len(group)]
         best = int(np.argmax(scores))
-        source.quote, source.evidence = group[best], float(scores[best])
+        source.question_quote, source.evidence = group[best], float(scores[best])
+        source.quote = source.question_quote
         at += len(group)
     return max(s.evidence for s in sources if s.evidence is not None)
 
@@ -266,10 +301,86 @@ def extractive_answer(question: str, sources: list[Source]) -> Answer:
     chosen = [
         s for s in sources[:EXTRACTIVE_PAPERS] if (s.evidence or 0.0) >= best - EXTRACTIVE_MARGIN
     ]
-    text = "\n".join(f"- {quoted(s.quote)} [{s.n}]" for s in chosen)
+    text = "\n".join(f"- {quoted(s.question_quote)} [{s.n}]" for s in chosen)
     return Answer(
         question, text, sources, mode="extractive", citations=chosen, note=EXTRACTIVE_NOTE
     )
+
+
+def attribute(
+    text: str,
+    sources: Sequence[Source],
+    embedder: Embedder,
+    settings: Settings,
+    llm: LLM | None = None,
+) -> tuple[str, list[Claim]]:
+    """Check `text` claim by claim against the `sources` it cites: its claims, and the text
+    with claims re-cited where another source supports them clearly better (under
+    `citation_repair`). Each source's `quote` becomes the best evidence it gives the claims
+    that cite it. With `RAG_VERIFY=llm` and an LLM, the LLM judges each cited quote too."""
+    bodies = {s.n: s.body for s in sources}
+    judge = LLMJudge(llm) if settings.verify == "llm" and llm is not None else None
+    text, claims = check_text(text, bodies, embedder, settings.citation_repair, judge)
+    for source in sources:
+        found = [e for c in claims for e in c.evidence if e.n == source.n]
+        best = max(found, key=lambda e: e.score, default=None)
+        source.quote = best.quote if best is not None else source.question_quote or source.quote
+    return text, claims
+
+
+# What the judge may say, most specific first, and the verdict each phrase gives.
+JUDGED_LABELS = (("not supported", "unsupported"), ("partial", "weak"), ("supported", "supported"))
+JUDGED_RANK = {"unsupported": 0, "weak": 1, "supported": 2}
+
+
+class LLMJudge:
+    """`RAG_VERIFY=llm`: one LLM call per answer judges every (claim, cited quote) pair as
+    supported, partial or not supported; its judgement replaces the local verdict. A reply it
+    cannot read, or a failed call, leaves the local verdicts."""
+
+    def __init__(self, llm: LLM) -> None:
+        self.llm = llm
+
+    def __call__(self, claims: list[Claim]) -> None:
+        from rag.claims import plain
+
+        pairs = [(c, e) for c in claims for e in c.evidence]
+        if not pairs:
+            return
+        listing = "\n".join(
+            f"{k}. Claim: {as_data(plain(c.text))}\n   Quote: {as_data(e.quote)}"
+            for k, (c, e) in enumerate(pairs, start=1)
+        )
+        content = prompts.render("verify", pairs=listing)
+        try:
+            reply = self.llm.complete([{"role": "user", "content": content}])
+        except LLMError as exc:
+            log.warning("the LLM could not judge the citations (%s); local verdicts kept", exc)
+            return
+        judged = self.parse(reply, len(pairs))
+        best: dict[int, str] = {}
+        for k, (claim, _) in enumerate(pairs, start=1):
+            if k in judged:
+                old = best.get(id(claim), "unsupported")
+                best[id(claim)] = max(old, judged[k], key=JUDGED_RANK.__getitem__)
+        for claim in claims:
+            if id(claim) in best:
+                claim.verdict = best[id(claim)]
+
+    @classmethod
+    def parse(cls, reply: str, count: int) -> dict[int, str]:
+        """Pair number -> verdict, for the lines of `reply` that say one."""
+        judged: dict[int, str] = {}
+        for line in reply.splitlines():
+            found = re.match(r"\s*(\d{1,4})\s*[:.)-]\s*(.+)", line)
+            if not found or not 1 <= int(found.group(1)) <= count:
+                continue
+            said = found.group(2).strip().lower()
+            for phrase, verdict in JUDGED_LABELS:
+                if said.startswith(phrase):
+                    judged[int(found.group(1))] = verdict
+                    break
+        return judged
 
 
 def answer_question(
@@ -292,5 +403,12 @@ def answer_question(
     if not sources or weigh_evidence(question, sources, embedder) < settings.min_relevance:
         return refusal(question, sources, mode, note)
     if llm is None:
-        return extractive_answer(question, sources)
-    return llm_answer(question, sources, llm, on_token)
+        answer = extractive_answer(question, sources)
+    else:
+        answer = llm_answer(question, sources, llm, on_token)
+    if answer.refused:
+        return answer
+    answer.answer, answer.claims = attribute(answer.answer, sources, embedder, settings, llm)
+    by_n = {s.n: s for s in sources}
+    answer.citations = [by_n[n] for n in citation_numbers(answer.answer) if n in by_n]
+    return answer

@@ -187,7 +187,7 @@ class Assistant:
         from rag.summarize import summarize_paper
 
         return summarize_paper(
-            clean_question(query), self.settings, self.retriever(filters), self.llm
+            clean_question(query), self.settings, self.retriever(filters), self.embedder, self.llm
         )
 
     def source_files(self) -> list[str]:

@@ -14,7 +14,6 @@ import click
 from rag import limits
 
 if TYPE_CHECKING:
-    from rag.answer import Answer
     from rag.api import Assistant
     from rag.filters import Filter
     from rag.settings import Settings
@@ -294,23 +293,11 @@ def ask(
     if as_json:
         emit_json(answer.to_json())
     else:
+        from rag.terminal import print_answer
+
         print_answer(answer, streamed=bool(streamed))
     if answer.interrupted:
         fail(answer.interrupted, 1)  # what was shown is incomplete: say so, and exit non-zero
-
-
-def print_answer(answer: Answer, streamed: bool) -> None:
-    if answer.note:
-        click.echo(f"[{answer.note}]\n", err=True)
-    click.echo("\n" if streamed else answer.answer)
-    if answer.citations:
-        click.echo("\nSources:")
-        for source in answer.citations:
-            when = f" ({', '.join(source.dates)})" if source.dates else ""
-            click.echo(f"  [{source.n}] {source.title}{when}  {source.url}")
-    if answer.dropped_citations:
-        numbers = ", ".join(f"[{n}]" for n in answer.dropped_citations)
-        click.echo(f"\nDropped citations (not among the sources): {numbers}", err=True)
 
 
 MODES = ("dense", "bm25", "hybrid")
@@ -466,7 +453,6 @@ def summarize(
     if as_json:
         emit_json(summary.to_json())
         return
-    click.echo(summary.summary)
-    if summary.dropped_citations:
-        numbers = ", ".join(f"[{n}]" for n in summary.dropped_citations)
-        click.echo(f"\nDropped citations (not among the papers): {numbers}", err=True)
+    from rag.terminal import print_summary
+
+    print_summary(summary)

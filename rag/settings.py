@@ -157,6 +157,22 @@ class Settings(BaseSettings):
         default=3, ge=0, description="Retries of a failed LLM request (429, 5xx, connection)."
     )
 
+    verify: Literal["local", "llm"] = Field(
+        default="local",
+        description=(
+            "How each claim of an answer is checked against the sources it cites: local (MiniLM "
+            "similarity, content-word overlap and numbers, no extra call) or llm (also one LLM "
+            "call per answer that judges every cited quote; needs an LLM)."
+        ),
+    )
+    citation_repair: bool = Field(
+        default=True,
+        description=(
+            "Re-cite a claim whose cited source does not support it (or that cites nothing) to "
+            "another retrieved source that clearly does; reported as a repair. Never invents a "
+            "source."
+        ),
+    )
     summary_min_relevance: float = Field(
         default=0.45,
         description=(

@@ -24,12 +24,14 @@ from rag.answer import (
     Cited,
     Source,
     as_data,
+    attribute,
     number_sources,
     quoted,
     resolve_citations,
     split_sentences,
     weigh_evidence,
 )
+from rag.claims import Checker, Claim, Evidence, citation_numbers
 from rag.corpus import normalise_title
 from rag.embed import embed_cached
 from rag.errors import InputError
@@ -57,6 +59,16 @@ class SummaryPaper:
     paper_id: str
     title: str
     one_line: str
+    """What the paper contributes to the topic (the LLM's line, or its key sentence)."""
+    evidence: Evidence | None = None
+    """The paper's span closest to `one_line`, and the support it gives it."""
+    verdict: str = "supported"
+
+    def to_json(self) -> dict[str, Any]:
+        data = {key: getattr(self, key) for key in ("n", "paper_id", "title", "one_line")}
+        data["verdict"] = self.verdict
+        data["evidence"] = None if self.evidence is None else self.evidence.to_json()
+        return data
 
 
 @dataclass
@@ -71,9 +83,10 @@ class Summary(Cited):
             "summary": self.summary,
             "mode": self.mode,
             "citations": self.cited_json,
-            "papers": [vars(p) for p in self.papers],
+            "papers": [p.to_json() for p in self.papers],
             "dropped_citations": self.dropped_citations,
             "note": self.note,
+            **self.claims_json(),
         }
 
 
@@ -99,17 +112,49 @@ def references(cited: Sequence[Source]) -> str:
     return "**References**\n\n" + "  \n".join(lines)  # Markdown line breaks between entries
 
 
-def with_references(
+@dataclass
+class Writing:
+    """What a summary is written with: the sources it may cite, the settings, the embedder
+    that checks its claims, the LLM (None: extractive)."""
+
+    sources: list[Source]
+    settings: Settings
+    embedder: Embedder
+    llm: LLM | None = None
+
+
+def finished(
     topic: str,
     text: str,
     papers: list[SummaryPaper],
-    mode: str,
-    cited: list[Source],
+    writing: Writing,
     dropped: Sequence[int] = (),
 ) -> Summary:
-    """The summary: `text`, then the reference list of exactly the cited papers."""
+    """The summary: `text` checked claim by claim (and re-cited where another paper supports a
+    claim clearly better), each paper's line checked against the paper, then the reference
+    list of exactly the cited papers."""
+    sources, llm = writing.sources, writing.llm
+    text, claims = attribute(text, sources, writing.embedder, writing.settings, llm)
+    check_lines(papers, sources, writing.embedder)
+    by_n = {s.n: s for s in sources}
+    cited = [by_n[n] for n in citation_numbers(text) if n in by_n]
     body = f"{text}\n\n{references(cited)}" if cited else text
-    return Summary(topic, body, papers, mode=mode, citations=cited, dropped_citations=list(dropped))
+    mode = "llm" if llm is not None else "extractive"
+    summary = Summary(
+        topic, body, papers, mode=mode, citations=cited, dropped_citations=list(dropped)
+    )
+    summary.claims = claims
+    return summary
+
+
+def check_lines(papers: list[SummaryPaper], sources: Sequence[Source], embedder: Embedder) -> None:
+    """Each paper's line against its own abstract: its evidence and verdict."""
+    bodies = {s.n: s.body for s in sources}
+    claims = [Claim(p.one_line, [p.n]) for p in papers if p.n in bodies]
+    Checker(bodies, embedder).score(claims, repair=False)
+    for paper, claim in zip([p for p in papers if p.n in bodies], claims, strict=True):
+        paper.evidence = claim.evidence[0] if claim.evidence else None
+        paper.verdict = claim.verdict
 
 
 def map_papers(
@@ -134,9 +179,8 @@ def map_papers(
         return list(pool.map(one, sources))
 
 
-def llm_overview(
-    topic: str, sources: list[Source], llm: LLM, settings: Settings, on_progress: Progress | None
-) -> Summary:
+def llm_overview(topic: str, writing: Writing, llm: LLM, on_progress: Progress | None) -> Summary:
+    sources, settings = writing.sources, writing.settings
     lines = map_papers(topic, sources, llm, settings.llm_concurrency, on_progress)
     listing = "\n".join(
         f"[{s.n}] {as_data(s.title)}\n{as_data(line)}"
@@ -146,16 +190,17 @@ def llm_overview(
         {"role": "system", "content": prompts.render("summary_system")},
         {"role": "user", "content": prompts.render("summary_reduce", topic=topic, papers=listing)},
     ]
-    text, cited, dropped = resolve_citations(llm.complete(messages), sources)
+    text, _, dropped = resolve_citations(llm.complete(messages), sources)
     papers = [
         SummaryPaper(s.n, s.paper_id, s.title, line) for s, line in zip(sources, lines, strict=True)
     ]
-    return with_references(topic, text, papers, "llm", cited, dropped)
+    return finished(topic, text, papers, writing, dropped)
 
 
-def extractive_overview(topic: str, sources: list[Source], embedder: Embedder) -> Summary:
+def extractive_overview(topic: str, writing: Writing) -> Summary:
     """The key sentence of each paper (closest to the topic), grouped by similarity."""
-    vectors = embed_cached(embedder, [s.quote or s.body for s in sources])
+    sources = writing.sources
+    vectors = embed_cached(writing.embedder, [s.question_quote or s.body for s in sources])
     groups: list[list[int]] = []
     for i in range(len(sources)):
         for group in groups:
@@ -170,11 +215,10 @@ def extractive_overview(topic: str, sources: list[Source], embedder: Embedder) -
         cites = "".join(f"[{sources[i].n}]" for i in group)
         parts.append(
             f"**Theme {number}** {cites}\n\n"
-            + "\n".join(f"- {quoted(sources[i].quote)} [{sources[i].n}]" for i in group)
+            + "\n".join(f"- {quoted(sources[i].question_quote)} [{sources[i].n}]" for i in group)
         )
-    text, cited = "\n\n".join(parts), list(sources)
-    papers = [SummaryPaper(s.n, s.paper_id, s.title, quoted(s.quote)) for s in sources]
-    return with_references(topic, text, papers, "extractive", cited)
+    papers = [SummaryPaper(s.n, s.paper_id, s.title, quoted(s.question_quote)) for s in sources]
+    return finished(topic, "\n\n".join(parts), papers, writing)
 
 
 def summarize_topic(
@@ -191,9 +235,10 @@ def summarize_topic(
     if not sources:
         mode = "llm" if llm else "extractive"
         return Summary(topic, f"{NOT_COVERED}.", [], mode=mode, citations=[])
+    writing = Writing(sources, settings, embedder, llm)
     if llm is None:
-        return extractive_overview(topic, sources, embedder)
-    return llm_overview(topic, sources, llm, settings, on_progress)
+        return extractive_overview(topic, writing)
+    return llm_overview(topic, writing, llm, on_progress)
 
 
 # ---------------------------------------------------------------- one paper
@@ -239,26 +284,27 @@ def extractive_paper(source: Source) -> str:
         f"**Problem** {sentences[0]} [1]",
         f"**Method** {method} [1]" if method else "",
         "**Results** "
-        + (" ".join(results) + " [1]" if results else "The abstract gives no numbers."),
-        "**Limitations** " + (" ".join(limits) + " [1]" if limits else "The abstract states none."),
+        + (" ".join(results) + " [1]" if results else "_The abstract gives no numbers._"),
+        "**Limitations** "
+        + (" ".join(limits) + " [1]" if limits else "_The abstract states none._"),
     ]
     return "\n\n".join(p for p in parts if p)
 
 
 def summarize_paper(
-    query: str, settings: Settings, retriever: Retriever, llm: LLM | None
+    query: str, settings: Settings, retriever: Retriever, embedder: Embedder, llm: LLM | None
 ) -> Summary:
     source = find_paper(query, retriever)
     source.n = 1
     if llm is None:
-        text, cited, dropped, mode = extractive_paper(source), [source], [], "extractive"
+        text, dropped = extractive_paper(source), []
     else:
         content = prompts.render(
             "summary_paper", title=as_data(source.title), abstract=as_data(source.body)
         )
         messages = [{"role": "user", "content": content}]
-        text, cited, dropped = resolve_citations(llm.complete(messages), [source])
-        mode = "llm"
+        text, _, dropped = resolve_citations(llm.complete(messages), [source])
     one_line = (split_sentences(source.body) or [source.body])[0]
     papers = [SummaryPaper(1, source.paper_id, source.title, one_line)]
-    return with_references(source.title, text, papers, mode, cited, dropped)
+    writing = Writing([source], settings, embedder, llm)
+    return finished(source.title, text, papers, writing, dropped)

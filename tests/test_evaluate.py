@@ -277,6 +277,58 @@ def test_eval_through_an_llm_scores_its_citations_and_facts(
         assert b"sk-test-eval-0000" not in path.read_bytes()
 
 
+def test_eval_scores_each_claim_against_the_source_it_cites(
+    corpus_settings: Settings, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    """Scripted answers: one claim cited right, one cited to another paper, one uncited, one
+    with a changed number; the claim metrics count each as it should."""
+
+    def reply(body: dict) -> str:
+        prompt = body["messages"][-1]["content"]
+        numbers = dict(re.findall(r'<source n="(\d+)">\nTitle: (.*)\n', prompt))
+        pointer = next(n for n, title in numbers.items() if title == "Pointer Networks")
+        other = next(n for n in numbers if n != pointer)
+        return (
+            f"Pointer networks use attention as a pointer to select a member of the input "
+            f"sequence as the output [{pointer}]. "
+            f"The model was trained on Google's Sycamore quantum processor [{other}]. "
+            f"Ptr-Nets learn approximate solutions to challenging geometric problems such as "
+            f"planar convex hulls. "
+            f"We show Ptr-Nets can be used to learn approximate solutions to seven challenging "
+            f"geometric problems [{pointer}]."
+        )
+
+    fake_llm.default = reply
+    env = {
+        "OPENAI_API_KEY": "sk-claims-eval",
+        "OPENAI_BASE_URL": fake_llm.base_url,
+        "RAG_LLM_MAX_RETRIES": "0",
+        "RAG_CITATION_REPAIR": "false",
+    }
+    questions = write_jsonl(tmp_path / "q.jsonl", [next(q for q in SAMPLE if q["qid"] == "q013")])
+    out = tmp_path / "out"
+    proc = run_rag("eval", "--questions", str(questions), "--out", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = map(json.loads, (out / "results.jsonl").open())
+    assert [c["verdict"] for c in row["claims"]] == ["supported", "unsupported", "uncited", "weak"]
+    assert row["claims"][2]["better_source"] is not None  # named, not used: repair is off
+    scores = row["scores"]
+    assert scores["claim_recall"] == 0.25 and scores["uncited_rate"] == 0.25
+    assert scores["claim_precision"] == round(2 / 3, 4) and scores["repairs"] == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    claims = metrics["modes"]["hybrid"]["claims"]
+    assert claims == {
+        "claims": 4,
+        "supported": 1,
+        "weak": 1,
+        "unsupported": 1,
+        "uncited": 1,
+        "repairs": 0,
+    }
+    assert "| hybrid | 4 | 1 | 1 | 1 | 1 | 0 |" in proc.stdout
+    assert (out / "claims.png").read_bytes().startswith(b"\x89PNG")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

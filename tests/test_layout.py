@@ -27,10 +27,12 @@ LAYERS: list[set[str]] = [
     {"rag.table"},
     {"rag.store"},
     {"rag.ingest", "rag.retrieve"},
+    {"rag.claims"},
     {"rag.conversation", "rag.answer"},
     {"rag.summarize"},
     {"rag.eval", "rag.eval.metrics", "rag.eval.questions", "rag.eval.beir", "rag.eval.report"},
     {"rag.api"},
+    {"rag.terminal"},
     {"rag.cli", "rag.__main__", "ui", "ui.app"},
 ]
 # What the shells (CLI, UI) may import: the entry layer, and plain types and settings.
@@ -45,6 +47,8 @@ SHELL_MAY_IMPORT = {
     "rag.conversation",
     "rag.answer",
     "rag.summarize",
+    "rag.claims",
+    "rag.terminal",
     "rag.cli",
     "ui.app",  # `rag serve` starts the UI
 }

@@ -317,6 +317,23 @@ def test_eight_concurrent_chats_through_the_api(
     assert LMUL in reply
 
 
+def test_chat_json_gives_each_claim_its_evidence_and_verdict(
+    served: tuple[str, subprocess.Popen[str], Path],
+) -> None:
+    from gradio_client import Client
+
+    url, _, _ = served
+    client = Client(url, verbose=False, analytics_enabled=False)
+    data = client.predict(
+        "How does L-Mul replace floating point multiplication?", api_name="/chat_json"
+    )
+    (claim,) = data["claims"]
+    assert claim["verdict"] == "supported" and claim["evidence"][0]["quote"]
+    assert data["claims_summary"]["supported"] == 1
+    cited = {s["n"]: s for s in data["sources"]}[claim["citations"][0]]
+    assert cited["title"] == LMUL and cited["quote"] == claim["evidence"][0]["quote"]
+
+
 def test_no_llm_banner_extractive_answers_and_login(
     corpus_settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr
 
 from rag.api import Assistant
+from rag.claims import flagged
 from rag.conversation import Turn
 from rag.errors import RagError
 from rag.filters import Filter
@@ -99,15 +100,17 @@ def render_summary(summary: Summary) -> str:
 
 
 def answer_text(answer: Answer) -> str:
-    text = answer.answer
+    """The answer as the chat shows it: a flag after each claim its citations do not support."""
+    text = flagged(answer.answer, answer.claims)
     if answer.mode == "extractive" and not answer.refused:
         text = f"_Extractive answer (quoted from the abstracts):_\n\n{text}"
     return text
 
 
 def api_text(answer: Answer) -> str:
-    """What `/chat` returns: the answer, then its cited sources by number and title."""
-    lines = [answer.answer]
+    """What `/chat` returns: the answer (claims to check flagged), then its cited sources by
+    number and title."""
+    lines = [flagged(answer.answer, answer.claims)]
     if answer.citations:
         lines += ["", "Sources:"] + [f"[{s.n}] {s.title}" for s in answer.citations]
     return "\n".join(lines)
@@ -260,6 +263,13 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         answer, _ = request.chat(message, turns_from_messages(history))
         return api_text(answer)
 
+    def chat_json(message: str, history: list | None = None) -> dict[str, Any]:
+        """Answer `message` (with an optional messages-format history); the answer as `rag ask
+        --json` gives it: citations, sources, and each claim with its evidence and verdict."""
+        request = assistant.adjusted(no_llm=not llm_ready)
+        answer, _ = request.chat(message, turns_from_messages(history))
+        return answer.to_json()
+
     with gr.Blocks(title=TITLE) as app:
         gr.Markdown(f"# {TITLE}\nCited answers over the paper abstracts in the collection.")
         if not llm_ready:
@@ -360,6 +370,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
             summarize_one, [picker, answer_mode, *filter_inputs], summary, api_visibility="private"
         )
         gr.api(chat_api, api_name="chat", concurrency_limit=CONCURRENCY)
+        gr.api(chat_json, api_name="chat_json", concurrency_limit=CONCURRENCY)
     return app
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 
 def first_ranks(retrieved: Sequence[str]) -> dict[str, int]:
@@ -95,3 +96,42 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     pos = (len(ordered) - 1) * q / 100
     low, high = math.floor(pos), math.ceil(pos)
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def claim_scores(claims: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """Citation quality of one answer's claims, in the sense of ALCE (Gao et al., 2023):
+
+    * `claim_recall`: share of claims their citations support (an uncited claim is not);
+    * `claim_precision`: share of citations that support their claim at least in part (a
+      citation that gives its claim no support is not needed);
+    * `claims_supported_as_cited`: share of claims supported by the citations the answer
+      first gave them (before any repair);
+    * `uncited_rate`: share of claims with no citation;
+    * `repairs`: how many claims were re-cited.
+
+    Each claim is a mapping with `verdict`, `repaired_from` (None unless re-cited) and
+    `evidence` (one mapping with `verdict` per citation). Shares are None without claims
+    (precision: without citations).
+    """
+    if not claims:
+        return dict.fromkeys(CLAIM_METRICS[:-1]) | {"repairs": 0.0}
+    total = len(claims)
+    supported = [c["verdict"] == "supported" for c in claims]
+    citations = [e["verdict"] != "unsupported" for c in claims for e in c["evidence"]]
+    as_cited = [s and c["repaired_from"] is None for s, c in zip(supported, claims, strict=True)]
+    return {
+        "claim_recall": sum(supported) / total,
+        "claim_precision": sum(citations) / len(citations) if citations else None,
+        "claims_supported_as_cited": sum(as_cited) / total,
+        "uncited_rate": sum(c["verdict"] == "uncited" for c in claims) / total,
+        "repairs": float(sum(c["repaired_from"] is not None for c in claims)),
+    }
+
+
+CLAIM_METRICS = (
+    "claim_recall",
+    "claim_precision",
+    "claims_supported_as_cited",
+    "uncited_rate",
+    "repairs",
+)

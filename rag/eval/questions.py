@@ -17,6 +17,8 @@ from rag.corpus import normalise_title, read_text
 from rag.errors import InputError, LLMError
 from rag.eval import progress_bar
 from rag.eval.metrics import (
+    CLAIM_METRICS,
+    claim_scores,
     fact_recall,
     mean,
     ndcg_at_k,
@@ -29,6 +31,7 @@ from rag.eval.metrics import (
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from rag.claims import Claim
     from rag.embed import Embedder
     from rag.llm import LLM
     from rag.retrieve import Retriever
@@ -111,6 +114,8 @@ class Result:
     refused: bool
     scores: dict[str, float | None]
     error: str | None = None
+    claims: list[dict[str, Any]] = field(default_factory=list)
+    """The answer's claims: text, citations, verdict, support, better source, repair."""
 
 
 def score_result(result: Result, facts: Sequence[str], k: int) -> dict[str, float | None]:
@@ -127,6 +132,7 @@ def score_result(result: Result, facts: Sequence[str], k: int) -> dict[str, floa
         precision_recall(cited, gold) if gold else (None, None)
     )
     scores["fact_recall"] = fact_recall(result.answer, facts)
+    scores |= claim_scores(result.claims)
     return scores
 
 
@@ -145,13 +151,14 @@ def answer_one(
     start = time.perf_counter()
     text = clean_question(question.question)
     papers = retriever.search(text, max(k, settings.top_k))
-    error = None
+    error, claims = None, []
     try:
         sources = papers[: settings.top_k]
         retriever.attach_texts(sources)
         answer = answer_question(text, sources, settings, embedder, llm)
         reply, mode, refused = answer.answer, answer.mode, answer.refused and not answer.citations
         citations = [s.title for s in answer.citations]
+        claims = [claim_record(c) for c in answer.claims]
     except LLMError as exc:
         reply, mode, refused, citations, error = "", "error", False, [], str(exc)
     latency = time.perf_counter() - start
@@ -169,9 +176,23 @@ def answer_one(
         refused,
         {},
         error,
+        claims,
     )
     result.scores = score_result(result, question.facts, k)
     return result
+
+
+def claim_record(claim: Claim) -> dict[str, Any]:
+    """What results.jsonl keeps of a claim."""
+    return {
+        "text": claim.text,
+        "citations": claim.citations,
+        "verdict": claim.verdict,
+        "support": round(claim.support, 3),
+        "evidence": [{"n": e.n, "verdict": e.verdict} for e in claim.evidence],
+        "better_source": claim.better_source,
+        "repaired_from": claim.repaired_from,
+    }
 
 
 def run_questions(
@@ -208,6 +229,7 @@ METRICS = (
     "citation_precision",
     "citation_recall",
     "fact_recall",
+    *CLAIM_METRICS,
 )
 
 
@@ -234,7 +256,20 @@ def summarise(results: Sequence[Result], k: int) -> dict[str, Any]:
         "latency_s": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)},
         "errors": sum(r.error is not None for r in results),
         "recall_curve": recall_curve(answerable, k),
+        "claims": claim_totals(results),
     }
+
+
+def claim_totals(results: Sequence[Result]) -> dict[str, int]:
+    """Every claim of every answer counted by verdict, and the repairs."""
+    totals = {"claims": 0, "supported": 0, "weak": 0, "unsupported": 0, "uncited": 0}
+    totals["repairs"] = 0
+    for result in results:
+        for claim in result.claims:
+            totals["claims"] += 1
+            totals[claim["verdict"]] = totals.get(claim["verdict"], 0) + 1
+            totals["repairs"] += claim["repaired_from"] is not None
+    return totals
 
 
 def _averages(results: Sequence[Result]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from rag.eval.questions import Result
 
 log = logging.getLogger(__name__)
 PLOT = "recall_at_k.png"
+CLAIMS_PLOT = "claims.png"
 
 
 def write_question_run(
@@ -31,6 +32,8 @@ def write_question_run(
                 fh.write(json.dumps(_result_json(r), ensure_ascii=False) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     plotted = plot_recall({m: v["recall_curve"] for m, v in metrics["modes"].items()}, out / PLOT)
+    if plotted:
+        plot_claims({m: v["claims"] for m, v in metrics["modes"].items()}, out / CLAIMS_PLOT)
     (out / "report.md").write_text(question_report(metrics, runs, plotted), encoding="utf-8")
     return question_summary(metrics, plotted)
 
@@ -72,6 +75,31 @@ def plot_recall(curves: Mapping[str, Sequence[float | None]], path: Path) -> boo
     return True
 
 
+def plot_claims(totals: Mapping[str, Mapping[str, int]], path: Path) -> None:
+    """A PNG of each mode's claims by verdict (stacked shares)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    verdicts = ("supported", "weak", "unsupported", "uncited")
+    colours = ("#2e7d32", "#f9a825", "#c62828", "#757575")
+    fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * len(totals)), dpi=100)
+    for row, counts in enumerate(totals.values()):
+        left = 0.0
+        for verdict, colour in zip(verdicts, colours, strict=True):
+            share = counts[verdict] / counts["claims"] if counts["claims"] else 0.0
+            ax.barh(row, share, left=left, color=colour, label=verdict if row == 0 else None)
+            left += share
+    ax.set_yticks(range(len(totals)), list(totals))
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of claims")
+    ax.legend(ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
 def write_beir_run(out: Path, rows: Sequence[dict[str, Any]], metrics: dict[str, Any]) -> str:
     """results.jsonl, metrics.json and report.md into `out`; the report (what `rag eval`
     prints)."""
@@ -95,6 +123,9 @@ COLUMNS = (
     ("cit. P", "citation_precision"),
     ("cit. R", "citation_recall"),
     ("facts", "fact_recall"),
+    ("claim R", "claim_recall"),
+    ("claim P", "claim_precision"),
+    ("uncited", "uncited_rate"),
 )
 
 
@@ -166,7 +197,30 @@ def question_summary(metrics: Mapping[str, Any], plotted: bool) -> str:
     lines += _table(header, [_summary_row(mode, m) for mode, m in metrics["modes"].items()])
     if plotted:
         lines += ["", f"![Recall@k against k]({PLOT})"]
+    lines += ["", *claims_table(metrics)]
+    if plotted:
+        lines += ["", f"![Claims by verdict]({CLAIMS_PLOT})"]
     return "\n".join(lines)
+
+
+def claims_table(metrics: Mapping[str, Any]) -> list[str]:
+    """Claims of all answers by verdict, and citation recall and precision (ALCE's sense,
+    answerable questions)."""
+    lines = [
+        "Claims: every sentence or bullet of the answers, checked against the sources it "
+        "cites; claim R / P: share of claims their citations support, share of citations that "
+        "support their claim (answerable questions); as cited: supported before repair.",
+        "",
+    ]
+    header = ["retriever", "claims", "supported", "weak", "unsupported", "uncited", "repairs"]
+    header += ["claim R", "claim P", "as cited"]
+    rows = []
+    for mode, m in metrics["modes"].items():
+        c, o = m["claims"], m["overall"]
+        counts = [str(c[key]) for key in header[1:7]]
+        shares = [o["claim_recall"], o["claim_precision"], o["claims_supported_as_cited"]]
+        rows.append([mode, *counts, *(_fmt(v) for v in shares)])
+    return lines + _table(header, rows)
 
 
 def _summary_row(mode: str, m: Mapping[str, Any]) -> list[str]:
