@@ -1,4 +1,4 @@
-"""Chunks with vectors and metadata <-> the Chroma collection (the only module importing chromadb).
+"""Chunks with vectors and metadata <-> the Chroma collection.
 
 `Store` opens the collection (embedded under `RAG_INDEX_DIR`, or a Chroma server), checks that
 it was built by this tool with the configured model, writes chunks, and answers reads, from
@@ -11,11 +11,11 @@ import contextlib
 import json
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rag.chroma import CLIENTS, connect
 from rag.corpus import Listing, Paper
 from rag.errors import IndexMismatchError, RagError
 from rag.filters import Filter, date_number
@@ -82,6 +82,9 @@ class Collection:
         self.written = False
         """True once this object has written anything."""
         self._client: Any = None
+        """The client of a Chroma server (an embedded store's client is shared: `CLIENTS`)."""
+        self._epoch = -1
+        """Which opening of the shared client `_collection` comes from."""
         self._collection: Any = None
         """The checked collection, once `open()` found it."""
 
@@ -93,10 +96,19 @@ class Collection:
         return str(self.settings.index_dir)
 
     @property
+    def embedded(self) -> bool:
+        return not self.settings.chroma_host
+
+    @property
     def client(self) -> Any:
-        if self._client is None:
-            self._client = connect(self.settings, self.path)
-        return self._client
+        if not self.embedded:
+            if self._client is None:
+                self._client = connect(self.settings, self.path)
+            return self._client
+        client, epoch = CLIENTS.get(self.settings, self.path)
+        if epoch != self._epoch:  # reopened: handles from the old client are gone
+            self._epoch, self._collection = epoch, None
+        return client
 
     def exists(self) -> bool:
         """True when the collection exists (creates nothing)."""
@@ -121,7 +133,11 @@ class Collection:
             self._collection = None
 
     def open(self) -> Any:
-        """The collection, checked once: it exists, this tool built it, with this model."""
+        """The collection, checked once: it exists, this tool built it, with this model. An
+        embedded store another process has changed since this process last read it is reopened
+        first."""
+        if self._collection is not None and self.embedded:
+            _ = self.client  # a reopened shared client drops the handle of the old one
         if self._collection is None:
             name = self.settings.collection
             if not self.exists():
@@ -141,6 +157,12 @@ class Collection:
                     f"{meta.get('embed_model')} or point RAG_INDEX_DIR at a new directory and "
                     "run `rag ingest`"
                 )
+            if self.embedded and CLIENTS.has_read(self.path):
+                # This process read the store before: another may have changed it since.
+                stamp = (int(meta.get(GENERATION_KEY, 0)), int(col.count()))
+                if CLIENTS.outdated(self.path, stamp, self._epoch):
+                    CLIENTS.reopen(self.path, self._epoch)
+                    return self.open()
             self._collection = col
         return self._collection
 
@@ -188,6 +210,8 @@ class Collection:
         meta = dict(col.metadata or {})
         meta[GENERATION_KEY] = int(meta.get(GENERATION_KEY, 0)) + 1
         col.modify(metadata=meta)
+        if self.embedded:
+            CLIENTS.wrote(self.path, meta[GENERATION_KEY])
 
     def _mark_written(self) -> None:
         # Bumped before the first write, so that even a killed ingest leaves a new generation.
@@ -234,15 +258,21 @@ class Store(Collection):
 
     @contextlib.contextmanager
     def one_view(self) -> Iterator[None]:
-        """One search sees one state of the collection, read once (per thread)."""
+        """One search sees one state of the collection, read once (per thread). An embedded
+        store another process has changed since is reopened first (see `SharedClients`)."""
         if getattr(self._local, "stamp", None) is not None:
             yield  # nested: the outer block's view holds
             return
-        self._local.stamp = self.stamp()
-        try:
-            yield
-        finally:
-            self._local.stamp = None
+        stamp = self.stamp()
+        if self.embedded and CLIENTS.outdated(self.path, stamp, self._epoch):
+            CLIENTS.reopen(self.path, self._epoch)
+            stamp = self.stamp()
+        with CLIENTS.reading(self.path) if self.embedded else contextlib.nullcontext():
+            self._local.stamp = stamp
+            try:
+                yield
+            finally:
+                self._local.stamp = None
 
     def table(self, stamp: tuple[int, int] | None = None) -> ChunkTable | None:
         """The in-memory copy of the collection, current as of `stamp` (read when not given);
@@ -349,72 +379,3 @@ def _hits(found: dict[str, list[Any]]) -> Iterator[Hit]:
 
 
 # --- opening a client ----------------------------------------------------------------------
-
-
-def connect(settings: Settings, path: Path) -> Any:
-    """A Chroma client: of the server `settings` names, else of the embedded store at `path`."""
-    import chromadb
-    from chromadb.config import Settings as ChromaSettings
-
-    if settings.chroma_host:
-        return _http_client(settings, chromadb, ChromaSettings)
-    database = path / "chroma.sqlite3"
-    if _foreign_database(database):
-        # Chroma would add its tables to any SQLite file it is pointed at: refuse instead.
-        raise IndexMismatchError(
-            f"{database} is not a Chroma index (it holds another program's tables); "
-            "point RAG_INDEX_DIR at a new directory and run `rag ingest` to build an index"
-        )
-    try:
-        return chromadb.PersistentClient(
-            path=str(path), settings=ChromaSettings(anonymized_telemetry=False)
-        )
-    except Exception as exc:  # chromadb raises bare exceptions for a damaged store
-        raise RagError(
-            f"cannot open the index at {path} ({exc.__class__.__name__}: {exc}); "
-            "move it aside and run `rag ingest` to rebuild it"
-        ) from None
-
-
-def _http_client(settings: Settings, chromadb: Any, chroma_settings: Any) -> Any:
-    """A client of a Chroma server (`chroma run`, or a team's deployment): the same API as the
-    embedded store, so every method of `Store` serves both."""
-    options: dict[str, Any] = {"anonymized_telemetry": False}
-    token = settings.chroma_auth_token
-    if token is not None:
-        options["chroma_client_auth_provider"] = "chromadb.auth.token_authn.TokenAuthClientProvider"
-        options["chroma_client_auth_credentials"] = token.get_secret_value()
-    try:
-        return chromadb.HttpClient(
-            host=settings.chroma_host,
-            port=settings.chroma_port,
-            ssl=settings.chroma_ssl,
-            settings=chroma_settings(**options),
-        )
-    except Exception as exc:  # ValueError when down; auth and HTTP errors vary by version
-        raise RagError(
-            f"cannot reach the Chroma server at {settings.chroma_url()} ({_one_line(exc)}); "
-            f"start it (`chroma run --path DIR --port {settings.chroma_port}`) or unset "
-            f"RAG_CHROMA_HOST to use {settings.index_dir / 'chroma'}"
-        ) from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or exc.__class__.__name__
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
-def _foreign_database(path: Path) -> bool:
-    """True when `path` is an SQLite database that has tables but not Chroma's (read-only)."""
-    import sqlite3
-
-    if not path.is_file():
-        return False
-    try:
-        with contextlib.closing(
-            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        ) as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-    except sqlite3.Error:
-        return False  # not a database at all: Chroma's own error says so
-    return bool(tables) and not {"collections", "migrations"} <= tables

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from rag import api
+from rag.chroma import CLIENTS
 from rag.ingest import LOCK_NAME, PAPER_BATCH, IngestReport, ingest_lock
 from rag.settings import Settings
 from rag.store import Store
@@ -107,9 +108,7 @@ def synthetic_papers(n: int, version: int = 1, long: bool = True) -> list[dict[s
 
 def snapshot(index_dir: Path) -> dict[str, tuple[str, dict[str, Any], list[float]]]:
     """Every chunk: document, metadata, vector (read fresh: other processes wrote it)."""
-    from chromadb.api.client import SharedSystemClient
-
-    SharedSystemClient.clear_system_cache()  # no cached view of a store another process changed
+    CLIENTS.reset()  # no cached view of a store another process changed
     store = Store(Settings(index_dir=index_dir), EMBED_MODEL)
     got = store.open().get(include=["documents", "metadatas", "embeddings"])
     rows = zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True)
@@ -165,8 +164,6 @@ def kill_when_held(server: GatedLLM, proc: subprocess.Popen[str]) -> None:
 
 def ingest_here(server: FakeLLM, corpus: Path, index_dir: Path) -> IngestReport:
     """An ingest in this process (quicker than a fresh one: imports are paid once)."""
-    from chromadb.api.client import SharedSystemClient
-
     settings = Settings(
         index_dir=index_dir,
         embed_model=EMBED_MODEL,
@@ -174,7 +171,7 @@ def ingest_here(server: FakeLLM, corpus: Path, index_dir: Path) -> IngestReport:
         openai_base_url=server.base_url,
     )
     report = api.ingest([corpus], settings)
-    SharedSystemClient.clear_system_cache()  # let go of the store: other processes write it
+    CLIENTS.reset()  # let go of the store: other processes write it
     assert report.errors == []
     return report
 
@@ -378,9 +375,7 @@ def another_tools_collection(index: Path, server: FakeLLM, tmp_path: Path) -> di
     client = chromadb.PersistentClient(path=str(index / "chroma"))
     theirs = client.create_collection("papers", metadata={"owner": "another tool"})
     theirs.add(ids=["a", "b"], embeddings=[[1.0, 0.0], [0.0, 1.0]], documents=["theirs", "too"])
-    from chromadb.api.client import SharedSystemClient
-
-    SharedSystemClient.clear_system_cache()
+    client.close()
     return {}
 
 

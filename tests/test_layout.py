@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     },
     {"rag.embed"},
     {"rag.table"},
+    {"rag.chroma"},
     {"rag.store"},
     {"rag.ingest", "rag.retrieve"},
     {"rag.claims"},

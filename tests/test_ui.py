@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.fake_llm import FakeLLM, Fault
+from tests.helpers import free_port, wait_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -34,25 +33,6 @@ CHROMIUM_FLAGS = [
 KEY = "sk-ui-test-SECRET-4242"
 LMUL = "Addition is All You Need for Energy-efficient Language Models"
 LION = "Symbolic Discovery of Optimization Algorithms"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"rag serve exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.3)
-    raise AssertionError(f"{url} did not come up in {timeout} s")
 
 
 def source_number(prompt: str, title: str) -> str | None:

@@ -1,0 +1,88 @@
+"""Hardening, round two (issue 19): each case reproduced from outside (a subprocess, a real
+file, a loopback server), checking the one-line message, the exit code and that nothing in the
+index was lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port, run_rag, wait_http, write_jsonl
+
+FIRST = [
+    {
+        "title": "Lion: Sign Momentum Optimiser",
+        "abstract": (
+            "We discover a sign-based optimiser by program search that keeps only the momentum, so it "
+            "uses less memory than AdamW while training vision transformers to higher accuracy."
+        ),
+    },
+    {
+        "title": "Pointer Networks for Sorting",
+        "abstract": (
+            "We introduce a neural architecture that uses attention as a pointer to select members of "
+            "the input sequence, learning to sort numbers and compute planar convex hulls."
+        ),
+    },
+]
+FIVE = [
+    {
+        "title": f"Zebra Stripe Study {i}",
+        "abstract": (
+            f"We measure how zebra stripes deter biting flies in field trial number {i}, finding that "
+            "striped coats reduce landings by horseflies compared with plain coats."
+        ),
+    }
+    for i in range(5)
+]
+
+
+@pytest.mark.parametrize("exact_search_max", ["50000", "0"])  # the in-memory table; HNSW
+def test_a_running_server_sees_and_cites_papers_another_process_ingests(
+    tmp_path: Path, exact_search_max: str
+) -> None:
+    from gradio_client import Client
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_jsonl(corpus / "first.jsonl", FIRST)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "OPENAI_"))},
+        "RAG_INDEX_DIR": str(tmp_path / "index"),
+        "RAG_CORPUS_DIR": str(corpus),
+        "RAG_EXACT_SEARCH_MAX": exact_search_max,
+        "RAG_MIN_RELEVANCE": "0.3",
+    }
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rag", "serve", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url, server)
+        client = Client(url, verbose=False, analytics_enabled=False)
+        before = client.predict("Which optimiser keeps only the momentum?", api_name="/chat_json")
+        assert before["citations"][0]["title"] == FIRST[0]["title"]
+
+        added = run_rag("ingest", str(write_jsonl(tmp_path / "five.jsonl", FIVE)), env=env)
+        assert added.returncode == 0, added.stderr
+
+        after = client.predict("Do zebra stripes keep biting flies away?", api_name="/chat_json")
+        assert after["citations"] and after["citations"][0]["title"].startswith("Zebra Stripe")
+        again = client.predict("Which optimiser keeps only the momentum?", api_name="/chat_json")
+        assert again["citations"][0]["title"] == FIRST[0]["title"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    assert "Error finding id" not in (tmp_path / "serve.log").read_text()
