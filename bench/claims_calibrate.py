@@ -34,7 +34,7 @@ SIGNALS = {
     "names": [4],
     "cosine + overlap + numbers": [0, 1, 2],
     "all five": [0, 1, 2, 3, 4],
-    "combined (rag.claims.MODEL)": [0, 2, 3, 4],
+    "combined (rag.support.MODEL)": [0, 2, 3, 4],
 }
 
 
@@ -53,9 +53,10 @@ def abstracts() -> dict[str, str]:
 def span_features(rows: list[dict], bodies: dict[str, str]) -> tuple[list[np.ndarray], np.ndarray]:
     """Per triple: the feature rows of every span of its cited abstract, and whether the claim
     states a number the abstract does not."""
-    from rag.claims import ClaimText, SourceText, plain
+    from rag.claims import plain
     from rag.embed import embed_cached, get_embedder
     from rag.settings import Settings
+    from rag.support import ClaimText, SourceText
 
     embedder = get_embedder(Settings())
     vectors = embed_cached(embedder, [plain(r["claim"]) for r in rows])
@@ -85,7 +86,7 @@ def fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> np.ndarray:
 
 def chosen(features: list[np.ndarray], columns: list[int]) -> np.ndarray:
     """One feature row per triple: its best span's (`rag.claims.best_span`)."""
-    from rag.claims import best_span
+    from rag.support import best_span
 
     return np.asarray([f[best_span(f)][columns] for f in features])
 
@@ -184,7 +185,7 @@ def main() -> None:
         for split, values in figures.items():
             cells = " | ".join(f"{values[c]:.3f}" for c in columns)
             print(f"| {name} | {split} | {cells} |")
-    name = "combined (rag.claims.MODEL)"
+    name = "combined (rag.support.MODEL)"
     w, supported_min, weak_min = fitted[name]
     probs = probability_of(features, SIGNALS[name], w)
     for split, values in report(rows, probs, supported_min, weak_min, missing).items():

@@ -23,6 +23,7 @@ from rag.claims import CITATION, Claim, check_text, citation_numbers, tally
 from rag.corpus import SENTENCE_END
 from rag.embed import embed_cached
 from rag.errors import InputError, LLMError, LLMInterrupted
+from rag.support import spans_of
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
@@ -115,6 +116,26 @@ class Cited:
         }
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """Whether the collection covers a question, judged before any answer is written: the best
+    cosine of a sentence of the sources to the question, and the decision it gives."""
+
+    evidence: float
+    decision: str  # "answer", "uncertain" (the LLM decides; extractive: refused) or "refuse"
+
+    @classmethod
+    def of(cls, evidence: float, settings: Settings) -> Coverage:
+        if evidence < settings.min_relevance:
+            return cls(evidence, "refuse")
+        if evidence < settings.confident_relevance:
+            return cls(evidence, "uncertain")
+        return cls(evidence, "answer")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"evidence": round(self.evidence, 4), "decision": self.decision}
+
+
 @dataclass
 class Answer(Cited):
     question: str
@@ -122,10 +143,17 @@ class Answer(Cited):
     sources: list[Source]
     interrupted: str | None = None
     """Why the answer stopped early (the LLM stream broke off), else None."""
+    coverage: Coverage | None = None
+    """The evidence the sources give the question, and what it decided."""
 
     @property
     def refused(self) -> bool:
         return is_refusal(self.answer)
+
+    @property
+    def uncertain(self) -> bool:
+        """The sources came close to the question without clearly covering it."""
+        return self.coverage is not None and self.coverage.decision == "uncertain"
 
     def to_json(self) -> dict[str, Any]:
         sources = [
@@ -147,6 +175,7 @@ class Answer(Cited):
             "dropped_citations": self.dropped_citations,
             "note": self.note,
             "interrupted": self.interrupted,
+            "coverage": None if self.coverage is None else self.coverage.to_json(),
             **self.claims_json(),
         }
 
@@ -273,30 +302,30 @@ def split_sentences(text: str) -> list[str]:
 
 
 def weigh_evidence(question: str, sources: Sequence[Source], embedder: Embedder) -> float:
-    """Set each source's closest sentence (`quote`, `evidence`); the best evidence overall.
+    """Set each source's passage closest to the question (`question_quote`, `evidence`): a
+    sentence, or two adjacent ones; the best evidence overall.
 
-    A question the collection answers nearly always has one sentence that says much the same
-    thing; a question it does not cover has only topical neighbours. On the dev questions the
-    best sentence separates the two where whole-chunk similarity does not.
+    A question the collection answers nearly always has a passage that says much the same
+    thing; a question it does not cover has only topical neighbours. The best passage
+    separates the two where whole-abstract similarity does not, and letting a passage be two
+    sentences helps a question in other words than the paper's, whose parts the abstract
+    states in neighbouring sentences (bench/README.md, issue 18).
     """
-    per_source = [split_sentences(s.body) or [s.body] for s in sources]
-    flat = [sentence for group in per_source for sentence in group]
-    if not flat:
+    if not sources:
         return 0.0
     query = embed_cached(embedder, [question])[0]
-    similarity = embed_cached(embedder, flat) @ query
-    at = 0
-    for source, group in zip(sources, per_source, strict=True):
-        scores = similarity[at : at + len(group)]
+    for source in sources:
+        spans, vectors = spans_of(source.body, embedder)
+        scores = vectors @ query
         best = int(np.argmax(scores))
-        source.question_quote, source.evidence = group[best], float(scores[best])
+        source.question_quote, source.evidence = spans[best], float(scores[best])
         source.quote = source.question_quote
-        at += len(group)
     return max(s.evidence for s in sources if s.evidence is not None)
 
 
 def extractive_answer(question: str, sources: list[Source]) -> Answer:
-    """The closest sentence of each of the top papers, quoted and cited (after `weigh_evidence`)."""
+    """The closest passage of each of the top papers, quoted and cited (after
+    `weigh_evidence`)."""
     best = max(s.evidence or 0.0 for s in sources)
     chosen = [
         s for s in sources[:EXTRACTIVE_PAPERS] if (s.evidence or 0.0) >= best - EXTRACTIVE_MARGIN
@@ -393,19 +422,28 @@ def answer_question(
 ) -> Answer:
     """Answer from already retrieved `papers`; `llm=None` gives the extractive answer.
 
-    Both modes first weigh the evidence: when no sentence of the sources comes close enough
-    to the question (`settings.min_relevance`), the answer is the refusal, and the LLM is not
-    called.
+    Both modes first weigh the evidence (`Coverage`): when no passage of the sources comes
+    close enough to the question (`settings.min_relevance`), the answer is the refusal, and the
+    LLM is not called. Between that and `settings.confident_relevance` the LLM reads the
+    sources and decides (its "does not cover" reply is the refusal); without an LLM the
+    question is refused, the closest passages kept in the sources.
     """
     sources = number_sources(papers)
     mode = "llm" if llm is not None else "extractive"
     note = None if llm is not None else EXTRACTIVE_NOTE
-    if not sources or weigh_evidence(question, sources, embedder) < settings.min_relevance:
-        return refusal(question, sources, mode, note)
+    evidence = weigh_evidence(question, sources, embedder) if sources else 0.0
+    coverage = Coverage.of(evidence, settings)
+    if coverage.decision == "refuse" or (coverage.decision == "uncertain" and llm is None):
+        # Unsure without an LLM to read the sources: refused, the closest passages still
+        # listed among the sources for the reader to judge.
+        answer = refusal(question, sources, mode, note)
+        answer.coverage = coverage
+        return answer
     if llm is None:
         answer = extractive_answer(question, sources)
     else:
         answer = llm_answer(question, sources, llm, on_token)
+    answer.coverage = coverage
     if answer.refused:
         return answer
     answer.answer, answer.claims = attribute(answer.answer, sources, embedder, settings, llm)

@@ -1,23 +1,12 @@
 """An answer's text and its sources -> claims, each with the evidence its citations give it.
 
 An answer (or a summary) is cut into claims: sentences and bullet items, each keeping its `[n]`
-markers. For each claim and each source it cites, the sentence or two adjacent sentences of
-that abstract closest to it (in meaning and words) are its evidence, scored by a support
-probability from four signals combined by a logistic model fitted on a labelled set
-(`bench/claims_calibrate.py`, `tests/data/claims.jsonl`, figures in bench/README.md):
-
-* the cosine similarity of the claim and the span (the MiniLM sentence vectors the answer step
-  has already computed; a two-sentence span takes the normalised mean of its sentences'),
-* the share of the claim's numbers missing from the span ("80%" where the abstract says 95%),
-* the share of the claim's content words (stemmed, stop words removed) found in the abstract,
-* the share of the claim's names (acronyms, datasets, models) the abstract never mentions.
-
-A claim stating a number its abstract never states is `weak` at best.
-
-Verdicts: `supported`, `weak` (some support), `unsupported` (the cited source does not say it),
-`uncited` (a factual sentence with no marker). When another retrieved source supports an
-unsupported or uncited claim clearly better, it is named (`better_source`) and, with citation
-repair on, the claim is re-cited to it; a claim no source supports is flagged, never re-cited.
+markers. For each claim and each source it cites, the abstract's closest passage is its
+evidence, with a support probability (`rag.support`). Verdicts: `supported`, `weak` (some
+support), `unsupported` (the cited source does not say it), `uncited` (a factual sentence with
+no marker). When another retrieved source supports an unsupported or uncited claim clearly
+better, it is named (`better_source`) and, with citation repair on, the claim is re-cited to
+it; a claim no source supports is flagged, never re-cited.
 """
 
 from __future__ import annotations
@@ -27,10 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from rag.corpus import SENTENCE_END
 from rag.embed import embed_cached
+from rag.support import ClaimText, Evidence, SourceText
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
@@ -38,16 +25,6 @@ if TYPE_CHECKING:
 CITATION = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
 """A citation marker: [1], [1, 2], [1; 3]."""
 
-FEATURES = ("cosine", "overlap", "missing numbers", "abstract overlap", "missing names")
-MODEL = (0, 2, 3, 4)
-"""The features the support model weighs (span overlap only picks the evidence span)."""
-# The logistic model over `MODEL`'s features, fitted by `python bench/claims_calibrate.py` on
-# the dev part of tests/data/claims.jsonl (bias first).
-WEIGHTS = (-8.048, 3.918, -5.449, 9.854, -1.314)
-SUPPORTED_MIN = 0.170
-"""Support probability from which a citation supports its claim."""
-WEAK_MIN = 0.146
-"""Support probability from which a citation gives a claim some support (`weak`)."""
 BETTER_MIN = 0.5
 """Support another source must give a claim to be named its better source: the typical support
 of a true citation (the median true pair of the labelled set scores above 0.9, the 95th
@@ -57,7 +34,6 @@ BETTER_MARGIN = 0.25
 
 VERDICTS = ("supported", "weak", "unsupported", "uncited")
 MIN_CLAIM_WORDS = 4  # shorter segments ("Sources:", "In short,") are not claims
-SHORT_SENTENCE = 20  # characters: abstract sentences shorter than this join their neighbour
 
 # Words before a full stop that do not end a sentence.
 ABBREVIATIONS = frozenset(
@@ -72,35 +48,6 @@ BOUNDARY = re.compile(
 )
 BULLET = re.compile(r"^\s*(?:[-*•+]|\d{1,2}[.)])\s+")
 MARKUP = re.compile(r"\*\*([^*]+)\*\*|__([^_]+)__|[*_`#>]")
-NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*")
-NUMBER_WORDS = {
-    w: str(i)
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve".split()
-    )
-}
-
-
-@dataclass
-class Evidence:
-    """The best span of one cited source for one claim, and its support probability."""
-
-    n: int
-    quote: str
-    score: float
-    missing_numbers: list[str] = field(default_factory=list)
-    """Numbers of the claim the abstract never states (the verdict is then weak at best)."""
-
-    @property
-    def verdict(self) -> str:
-        found = verdict(self.score)
-        return "weak" if found == "supported" and self.missing_numbers else found
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"n": self.n, "quote": self.quote, "score": round(self.score, 3)}
-        if self.missing_numbers:
-            data["missing_numbers"] = self.missing_numbers
-        return data
 
 
 @dataclass
@@ -160,7 +107,10 @@ def split_claims(text: str) -> list[Claim]:
     claims = []
     offset = 0
     for line in text.splitlines(keepends=True):
-        for start, end in _sentences(line):
+        # A bullet item is one claim, whatever its sentences (a quoted passage, say); a
+        # paragraph is cut into sentences.
+        bullet = BULLET.match(line) and line.strip()
+        for start, end in [(0, len(line))] if bullet else _sentences(line):
             segment = line[start:end].strip()
             if _is_claim(segment):
                 at = offset + start + (len(line[start:end]) - len(line[start:end].lstrip()))
@@ -208,154 +158,6 @@ def _is_claim(segment: str) -> bool:
 
 
 # --- support scores ----------------------------------------------------------------------------
-
-
-def numbers_in(text: str) -> set[str]:
-    """The numbers a text states, normalised ("1,000" -> 1000, "95.0" -> 95, "two" -> 2)."""
-    found = set()
-    for raw in NUMBER.findall(text):
-        value = raw.replace(",", "") if re.fullmatch(r"\d{1,3}(,\d{3})+", raw) else raw
-        value = value.replace(",", ".")
-        if "." in value:
-            value = value.rstrip("0").rstrip(".")
-        found.add(value)
-    for word in re.findall(r"[a-z]+", text.lower()):
-        if word in NUMBER_WORDS:
-            found.add(NUMBER_WORDS[word])
-    return found
-
-
-def content_words(text: str) -> set[str]:
-    """Stemmed content words (BM25's analyser)."""
-    from rag.retrieve import tokenize
-
-    return set(tokenize(text))
-
-
-Weights = Sequence[float] | None
-
-
-def probabilities(features: np.ndarray, weights: Weights = None) -> np.ndarray:
-    """Support probabilities of feature rows (all `FEATURES`; the model weighs `MODEL`'s)."""
-    w = np.asarray(weights if weights is not None else WEIGHTS, dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-(w[0] + features[..., list(MODEL)] @ w[1:])))
-
-
-def names_in(text: str) -> set[str]:
-    """Name-like words, lower-cased: acronyms and mixed-case or alphanumeric names (ImageNet,
-    GPT-4, CIFAR-10) and capitalised words inside a sentence. An invented dataset or model
-    shows up as a name the cited abstract never mentions."""
-    found = set()
-    for i, word in enumerate(re.findall(r"[A-Za-z][\w-]*", text)):
-        has_digit = any(ch.isdigit() for ch in word)
-        capitals = sum(ch.isupper() for ch in word)
-        if capitals >= 2 or (has_digit and capitals) or (i > 0 and word[0].isupper()):
-            found.add(word.lower())
-    return found
-
-
-@dataclass
-class ClaimText:
-    """What is compared of a claim: its vector, content words, numbers and names."""
-
-    vector: np.ndarray
-    words: set[str]
-    numbers: set[str]
-    names: set[str]
-
-    @classmethod
-    def of(cls, prose: str, vector: np.ndarray) -> ClaimText:
-        return cls(vector, content_words(prose), numbers_in(prose), names_in(prose))
-
-
-@dataclass
-class SourceText:
-    """One source's abstract cut into spans (sentences, and pairs of adjacent ones), with the
-    span vectors, content words and numbers, and the abstract's words and names, computed once
-    per answer."""
-
-    n: int
-    spans: list[str]
-    vectors: np.ndarray
-    words: list[set[str]]
-    numbers: list[set[str]]
-    all_words: set[str]
-    all_names: set[str]
-    all_numbers: set[str]
-
-    @classmethod
-    def of(cls, n: int, body: str, embedder: Embedder) -> SourceText:
-        sentences = abstract_sentences(body)
-        vectors = embed_cached(embedder, sentences)
-        spans, rows = list(sentences), list(vectors)
-        for i in range(len(sentences) - 1):
-            spans.append(f"{sentences[i]} {sentences[i + 1]}")
-            mean = vectors[i] + vectors[i + 1]
-            rows.append(mean / (np.linalg.norm(mean) or 1.0))
-        words = [content_words(s) for s in spans]
-        lowered = {w.lower() for w in re.findall(r"[A-Za-z][\w-]*", body)}
-        return cls(
-            n,
-            spans,
-            np.asarray(rows),
-            words,
-            [numbers_in(s) for s in spans],
-            set().union(*words),
-            lowered,
-            numbers_in(body),
-        )
-
-    def features(self, claim: ClaimText) -> np.ndarray:
-        """Per span, the `FEATURES`: cosine to the claim, share of the claim's content words
-        the span holds, share of its numbers the span lacks, share of its content words the
-        whole abstract holds, share of its names the abstract lacks."""
-        rows = np.zeros((len(self.spans), len(FEATURES)), dtype=np.float64)
-        rows[:, 0] = self.vectors @ claim.vector
-        words, numbers, names = claim.words, claim.numbers, claim.names
-        for i in range(len(self.spans)):
-            rows[i, 1] = len(words & self.words[i]) / len(words) if words else 0.0
-            rows[i, 2] = len(numbers - self.numbers[i]) / len(numbers) if numbers else 0.0
-        rows[:, 3] = len(words & self.all_words) / len(words) if words else 0.0
-        rows[:, 4] = len(names - self.all_names) / len(names) if names else 0.0
-        return rows
-
-    def best(self, claim: ClaimText, weights: Weights = None) -> Evidence:
-        """The span closest to the claim (cosine plus word overlap) as its evidence, and the
-        support probability the abstract gives the claim through it."""
-        rows = self.features(claim)
-        at = best_span(rows)
-        missing = sorted(claim.numbers - self.all_numbers)
-        score = float(probabilities(rows[at], weights))
-        return Evidence(self.n, self.spans[at], score, missing)
-
-
-def best_span(rows: np.ndarray) -> int:
-    """The span a claim is checked against: the most similar in meaning and words."""
-    return int(np.argmax(rows[:, 0] + rows[:, 1]))
-
-
-def abstract_sentences(body: str) -> list[str]:
-    """An abstract's sentences (very short ones joined to the next), at least one."""
-    sentences: list[str] = []
-    carry = ""
-    for part in SENTENCE_END.split(body):
-        part = f"{carry} {part}".strip() if carry else part.strip()
-        if len(part) <= SHORT_SENTENCE:
-            carry = part
-            continue
-        sentences.append(part)
-        carry = ""
-    if carry and sentences:
-        sentences[-1] = f"{sentences[-1]} {carry}"
-    elif carry:
-        sentences.append(carry)
-    return sentences or [body.strip() or "(empty)"]
-
-
-def verdict(score: float) -> str:
-    if score >= SUPPORTED_MIN:
-        return "supported"
-    return "weak" if score >= WEAK_MIN else "unsupported"
 
 
 @dataclass

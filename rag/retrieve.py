@@ -7,22 +7,16 @@ paper, its best chunk as the snippet), which is what every caller sees.
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
-import re
-import shutil
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import numpy as np
 
 from rag.corpus import paper_url
 from rag.filters import Filter
+from rag.lexical import LexicalIndex, tokenize
 from rag.store import Store
 from rag.table import Hit, MaskCache
 
@@ -32,10 +26,10 @@ if TYPE_CHECKING:
 
 CHUNKS_PER_PAPER = 4  # chunks fetched per wanted paper, so that k distinct papers come back
 log = logging.getLogger(__name__)
-TOKENIZER_VERSION = 2  # bump when `tokenize` changes: saved BM25 indexes are then rebuilt
 RRF_K = 60  # the usual reciprocal-rank-fusion constant (Cormack et al., 2009)
-# A word, or a hyphenated compound ("bi-level", "L-Mul"), which also counts joined ("bilevel").
-TOKEN = re.compile(r"\w+(?:-\w+)+|\w+")
+# The BM25 side keeps its full weight when the best BM25 paper holds at least this share of a
+# query's content (by IDF), and loses it in proportion below (bench/README.md, issue 18).
+LEXICAL_FULL_MATCH = 0.3
 
 
 @dataclass
@@ -205,117 +199,15 @@ class DenseRetriever(StoreRetriever):
         return to_papers(self.store.query(vector, k * CHUNKS_PER_PAPER, filters), k)
 
 
-def tokenize(text: str) -> list[str]:
-    """BM25 terms: lower-cased, English stop words removed, Snowball-stemmed.
-
-    A hyphenated compound gives its parts and the joined word, so "bi-level", "bilevel" and
-    "Bi-Level" meet; single letters are kept ("L-Mul" -> l, mul, lmul). Stemming lets
-    "optimizers" match "optimization" (both "optim"), as Lucene's English analyzer does.
-    """
-    stop, stemmer = _analyzer()
-    words: list[str] = []
-    for token in TOKEN.findall(text.lower()):
-        if "-" in token:
-            parts = [p for p in token.split("-") if p]
-            words.extend(p for p in parts if p not in stop)
-            words.append("".join(parts))
-        elif token not in stop:
-            words.append(token)
-    return stemmer.stemWords(words)
-
-
-@cache
-def _analyzer() -> tuple[frozenset[str], Any]:
-    import Stemmer
-    from bm25s.stopwords import STOPWORDS_EN
-
-    return frozenset(STOPWORDS_EN), Stemmer.Stemmer("english")
-
-
-def _bm25s() -> Any:
-    import bm25s
-
-    # bm25s sets its logger to DEBUG on import, which floods any configured root handler.
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
-    return bm25s
-
-
 class BM25Retriever(StoreRetriever):
-    """Lexical BM25 (bm25s) over whole papers: the title and every chunk of the abstract.
-
-    Paper-level documents score better than chunk-level ones (a term in another chunk of the
-    same abstract still counts), and the ranking is per paper anyway. The index is derived
-    from the store and saved beside it (`<index>/bm25/<collection>/`) with the store's stamp;
-    a search first checks the stamp (about a millisecond), so after any ingest, here or in
-    another process, the next search rebuilds it (the bundled corpus: about 1 s) and every
-    later process just loads it.
-    """
+    """Lexical BM25 over whole papers (`rag.lexical.LexicalIndex`): paper-level documents score
+    better than chunk-level ones (a term in another chunk of the same abstract still counts),
+    and the ranking is per paper anyway."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._model: Any = None
-        self._paper_ids: list[str] = []
-        self._stamp: tuple[int, int] | None = None
-        self._lock = threading.Lock()
+        self.index = LexicalIndex(store)
         self._masks = MaskCache()
-
-    @property
-    def path(self) -> Path:
-        return self.store.settings.index_dir / "bm25" / self.store.settings.collection
-
-    def _current(self) -> tuple[Any, list[str]]:
-        stamp = self.store.stamp()
-        with self._lock:
-            if stamp != self._stamp:
-                loaded = self._load(stamp)
-                self._model, self._paper_ids = loaded or self._build(stamp)
-                self._stamp = stamp
-            return self._model, self._paper_ids
-
-    def _load(self, stamp: tuple[int, int]) -> tuple[Any, list[str]] | None:
-        bm25s = _bm25s()
-        try:
-            saved = json.loads((self.path / "papers.json").read_text(encoding="utf-8"))
-            if tuple(saved["stamp"]) != stamp or saved["tokenizer"] != TOKENIZER_VERSION:
-                return None
-            return bm25s.BM25.load(str(self.path / "model")), list(saved["paper_ids"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # missing, stale or damaged: rebuild
-
-    def _build(self, stamp: tuple[int, int]) -> tuple[Any, list[str]]:
-        bm25s = _bm25s()
-        papers: dict[str, list[Hit]] = {}
-        for chunk in self.store.all_chunks():
-            papers.setdefault(chunk.metadata["paper_id"], []).append(chunk)
-        ids = sorted(papers)
-        model = bm25s.BM25()
-        if ids:
-            docs = []
-            for pid in ids:
-                group = sorted(papers[pid], key=lambda c: c.metadata["chunk"])
-                docs.append(
-                    tokenize(" ".join([group[0].metadata["title"], *(c.text for c in group)]))
-                )
-            model.index(docs, show_progress=False)
-            self._save(model, ids, stamp)
-        return model, ids
-
-    def _save(self, model: Any, ids: list[str], stamp: tuple[int, int]) -> None:
-        """Written to a new directory then renamed over the old one: readers never see half."""
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save(str(tmp / "model"))
-            record = {"stamp": list(stamp), "tokenizer": TOKENIZER_VERSION, "paper_ids": ids}
-            (tmp / "papers.json").write_text(json.dumps(record), encoding="utf-8")
-            old = self.path.with_name(f".{self.path.name}.{os.getpid()}.old")
-            if self.path.exists():
-                self.path.rename(old)
-            tmp.rename(self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        except OSError as exc:  # a read-only index still answers, from memory
-            log.info("BM25 index not saved (%s); it is rebuilt per process", exc)
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def rank(self, query: str, k: int, filters: Filter | None = None) -> list[tuple[str, float]]:
         """The `k` best (paper id, BM25 score) pairs; papers sharing no term are left out."""
@@ -328,13 +220,8 @@ class BM25Retriever(StoreRetriever):
     def scores(self, query: str, filters: Filter | None = None) -> tuple[list[str], np.ndarray]:
         """Every paper's BM25 score for `query`: (paper ids, scores in the same order). Papers
         that `filters` excludes score 0, which no ranking keeps."""
-        model, ids = self._current()
-        vocab = getattr(model, "vocab_dict", None) or {}
-        tokens = [t for t in tokenize(query) if t in vocab]
-        if not tokens or not ids:
-            return ids, np.zeros(len(ids), dtype=np.float32)
-        scores = np.asarray(model.get_scores(tokens), dtype=np.float32)
-        if filters:
+        ids, scores = self.index.scores(query)
+        if filters and ids:
             scores[~self._admitted(filters, ids)] = 0.0
         return ids, scores
 
@@ -383,7 +270,7 @@ class HybridRetriever(StoreRetriever):
         dense: DenseRetriever,
         bm25: BM25Retriever,
         dense_weight: float = 0.6,
-        bm25_weight: float = 0.4,
+        bm25_weight: float = 0.5,
         fusion: str = "convex",
         depth: int = 50,
     ) -> None:
@@ -407,7 +294,7 @@ class HybridRetriever(StoreRetriever):
             ids[i]: float(bm25[i]) for i in np.argsort(-bm25, kind="stable")[:depth] if bm25[i] > 0
         }
         fused = (
-            self._convex(vector, dense, dict(zip(ids, bm25.tolist(), strict=True)), lexical)
+            self._convex(query, vector, dense, dict(zip(ids, bm25.tolist(), strict=True)), lexical)
             if self.fusion == "convex"
             else self._rrf(dense, lexical)
         )
@@ -424,6 +311,7 @@ class HybridRetriever(StoreRetriever):
 
     def _convex(
         self,
+        query: str,
         vector: np.ndarray,
         dense: dict[str, PaperHit],
         bm25: dict[str, float],
@@ -434,10 +322,22 @@ class HybridRetriever(StoreRetriever):
         top_cos = max([c for c in cosine.values() if c > 0], default=1.0)
         top_bm25 = max(bm25.values(), default=0.0) or 1.0
         wd, wb = self.weights
+        wb *= self.lexical_strength(query, top_bm25)
         return {
             pid: wd * max(cosine.get(pid, 0.0), 0.0) / top_cos + wb * bm25.get(pid, 0.0) / top_bm25
             for pid in dense.keys() | lexical.keys()
         }
+
+    def lexical_strength(self, query: str, top_bm25: float) -> float:
+        """How much the BM25 side may weigh for `query`, 0 to 1: 1 when the best BM25 paper
+        matches at least `LEXICAL_FULL_MATCH` of the query's content (a title, an acronym, a
+        question in the papers' words), less in proportion below: a question in other words
+        than the papers' matches little, its best BM25 paper is mostly chance, and the dense
+        side then decides."""
+        weight = self.bm25.index.query_weight(query)
+        if weight <= 0:
+            return 1.0  # nothing but question words: BM25 is as good as it gets
+        return min(1.0, top_bm25 / (weight * LEXICAL_FULL_MATCH))
 
     def _rrf(self, dense: dict[str, PaperHit], lexical: dict[str, float]) -> dict[str, float]:
         fused: dict[str, float] = {}

@@ -112,7 +112,15 @@ class Settings(BaseSettings):
     dense_weight: float = Field(
         default=0.6, ge=0, description="Weight of the dense side in fusion."
     )
-    bm25_weight: float = Field(default=0.4, ge=0, description="Weight of the BM25 side in fusion.")
+    bm25_weight: float = Field(
+        default=0.5,
+        ge=0,
+        description=(
+            "Weight of the BM25 side in fusion, at full lexical match; a query whose best BM25 "
+            "paper matches little of it (a question in other words than the papers') gives the "
+            "BM25 side less."
+        ),
+    )
     top_k: int = Field(
         default=limits.TOP_K,
         ge=1,
@@ -129,11 +137,22 @@ class Settings(BaseSettings):
         ),
     )
     min_relevance: float = Field(
-        default=0.52,
+        default=0.40,
         description=(
-            "Evidence threshold: when no sentence of the retrieved abstracts reaches this cosine "
-            "similarity to the question, the collection is judged not to cover it (calibrated "
-            "for all-MiniLM-L6-v2 on the dev questions; recalibrate for another model)."
+            "Refusal threshold: when no passage (a sentence or two adjacent ones) of the retrieved "
+            "abstracts reaches this cosine similarity to the question, the collection is judged "
+            "not to cover it and the LLM is not called (calibrated for all-MiniLM-L6-v2 on "
+            "questions in the abstracts' words and in other words: bench/README.md; recalibrate "
+            "for another model)."
+        ),
+    )
+    confident_relevance: float = Field(
+        default=0.50,
+        description=(
+            "Between min_relevance and this, the collection may or may not cover the question "
+            "(a question in other words than the papers' often lands here): the LLM gets the "
+            "sources and its 'does not cover' reply decides; without an LLM the question is "
+            "refused, the closest passages listed for the reader."
         ),
     )
 

@@ -31,10 +31,11 @@ from rag.answer import (
     split_sentences,
     weigh_evidence,
 )
-from rag.claims import Checker, Claim, Evidence, citation_numbers
+from rag.claims import Checker, Claim, citation_numbers
 from rag.corpus import normalise_title
 from rag.embed import embed_cached
 from rag.errors import InputError
+from rag.support import Evidence
 
 if TYPE_CHECKING:
     from rag.embed import Embedder

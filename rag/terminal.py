@@ -10,6 +10,8 @@ import click
 
 from rag.claims import Claim, flag, flagged
 
+CLOSEST_SHOWN = 3  # passages listed under an unsure refusal
+
 if TYPE_CHECKING:
     from rag.answer import Answer
     from rag.summarize import Summary
@@ -37,6 +39,11 @@ def print_answer(answer: Answer, streamed: bool) -> None:
             click.echo(f"  [{source.n}] {source.title}{when}  {source.url}")
             if source.quote:
                 click.echo(f'      "{shorten(source.quote)}"')
+    if answer.refused and answer.uncertain:
+        click.echo("\nClosest passages (they may not answer the question):")
+        for source in answer.sources[:CLOSEST_SHOWN]:
+            click.echo(f"  [{source.n}] {source.title}  {source.url}")
+            click.echo(f'      "{shorten(source.question_quote)}"')
     print_dropped(answer.dropped_citations, "sources")
 
 

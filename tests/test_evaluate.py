@@ -213,12 +213,20 @@ def test_eval_no_llm_writes_results_metrics_report_and_plot(
         assert name in hybrid["overall"]
     assert set(hybrid["by_type"]) == {"single", "multi", "title", "unanswerable"}
     assert hybrid["single_and_title"]["recall@1"] == 1.0
-    assert hybrid["refusal"] == {
+    refusal = hybrid["refusal"]
+    assert {k: refusal[k] for k in ("unanswerable", "refusal_accuracy", "answerable")} == {
         "unanswerable": 1,
         "refusal_accuracy": 1.0,
         "answerable": 3,
-        "false_refusal_rate": 0.0,
     }
+    assert refusal["false_refusal_rate"] == 0.0 and set(refusal["false_refusal_by_type"]) == {
+        "single",
+        "multi",
+        "title",
+    }
+    curve = {p["threshold"]: p for p in refusal["curve"]}
+    assert curve[0.3]["answerable"] == 0.0 and curve[0.6]["unanswerable"] == 1.0
+    assert (out / "refusal_curve.png").read_bytes().startswith(b"\x89PNG")
     assert hybrid["latency_s"]["p50"] > 0 and len(hybrid["recall_curve"]) == 10
     report = (out / "report.md").read_text()
     assert "## hybrid: by question type" in report and "recall_at_k.png" in report

@@ -204,6 +204,7 @@ def test_listing_metadata_round_trip(settings: Settings) -> None:
 def test_bm25_follows_incremental_ingests_and_is_saved_beside_the_store(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from rag.lexical import LexicalIndex
     from rag.retrieve import BM25Retriever
 
     embedder = HashEmbedder()
@@ -222,7 +223,7 @@ def test_bm25_follows_incremental_ingests_and_is_saved_beside_the_store(
 
     # A fresh retriever loads the saved index instead of rebuilding it.
     assert (settings.index_dir / "bm25" / settings.collection / "papers.json").exists()
-    monkeypatch.setattr(BM25Retriever, "_build", lambda *a: pytest.fail("rebuilt"))
+    monkeypatch.setattr(LexicalIndex, "_build", lambda *a: pytest.fail("rebuilt"))
     fresh = BM25Retriever(Store(settings, embedder.name))
     assert [h.title for h in fresh.search("zeolite", 3)] == ["Pointer Networks"]
 

@@ -164,11 +164,11 @@ def test_extractive_answer_quotes_the_hostile_sentence_without_obeying_it(
 def test_fake_markers_inside_a_quoted_sentence_cite_no_other_paper(index: Settings) -> None:
     answer = ask(index, no_llm=True)
     hostile = answer.sources[0]
-    assert "[2] [3]" in hostile.quote  # the quoted sentence carries fake markers
+    assert "[2] [3]" in hostile.question_quote  # the quoted passage carries fake markers
     quoted = [
         s
         for s in answer.sources
-        if s.quote and without_markers(s.quote) in without_markers(answer.answer)
+        if s.question_quote and without_markers(s.question_quote) in without_markers(answer.answer)
     ]
     assert quoted == [hostile]  # only the hostile paper is quoted...
     assert [c.n for c in answer.citations] == [hostile.n]  # ...so only it may be cited

@@ -61,14 +61,19 @@ def _md(text: str) -> str:
 def render_sources(answer: Answer) -> str:
     """The Sources panel: cited papers with their supporting sentence, then the others."""
     lines = ["### Sources"]
-    if not answer.citations:
+    shown = {s.n for s in answer.citations}
+    if answer.refused and answer.uncertain:
+        closest = answer.sources[:3]
+        shown |= {s.n for s in closest}
+        lines.append("No retrieved paper clearly answers this. The closest passages:")
+        lines += [f"- [{_md(s.title)}]({s.url}): {_md(s.question_quote)}" for s in closest]
+    elif not answer.citations:
         lines.append(
             "No retrieved paper supports an answer." if answer.refused else "No citations."
         )
     for source in answer.citations:
         lines += _source_block(source)
-    cited = {s.n for s in answer.citations}
-    others = [s for s in answer.sources if s.n not in cited]
+    others = [s for s in answer.sources if s.n not in shown]
     if others:
         lines += ["", "### Also retrieved"]
         lines += [f"- [{s.n}] [{_md(s.title)}]({s.url})" for s in others]

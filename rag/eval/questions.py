@@ -116,6 +116,9 @@ class Result:
     error: str | None = None
     claims: list[dict[str, Any]] = field(default_factory=list)
     """The answer's claims: text, citations, verdict, support, better source, repair."""
+    coverage: dict[str, Any] | None = None
+    """The evidence the sources gave the question and the decision (answer, uncertain,
+    refuse) it led to before the answer was written."""
 
 
 def score_result(result: Result, facts: Sequence[str], k: int) -> dict[str, float | None]:
@@ -151,7 +154,7 @@ def answer_one(
     start = time.perf_counter()
     text = clean_question(question.question)
     papers = retriever.search(text, max(k, settings.top_k))
-    error, claims = None, []
+    error, claims, coverage = None, [], None
     try:
         sources = papers[: settings.top_k]
         retriever.attach_texts(sources)
@@ -159,6 +162,7 @@ def answer_one(
         reply, mode, refused = answer.answer, answer.mode, answer.refused and not answer.citations
         citations = [s.title for s in answer.citations]
         claims = [claim_record(c) for c in answer.claims]
+        coverage = answer.coverage.to_json() if answer.coverage else None
     except LLMError as exc:
         reply, mode, refused, citations, error = "", "error", False, [], str(exc)
     latency = time.perf_counter() - start
@@ -177,6 +181,7 @@ def answer_one(
         {},
         error,
         claims,
+        coverage,
     )
     result.scores = score_result(result, question.facts, k)
     return result
@@ -252,6 +257,15 @@ def summarise(results: Sequence[Result], k: int) -> dict[str, Any]:
             "refusal_accuracy": mean(float(r.refused) for r in unanswerable),
             "answerable": len(answerable),
             "false_refusal_rate": mean(float(r.refused) for r in answerable),
+            "false_refusal_by_type": {
+                qtype: mean(float(r.refused) for r in results if r.type == qtype)
+                for qtype in dict.fromkeys(r.type for r in answerable)
+            },
+            "uncertain_answerable": mean(float(_decision(r) == "uncertain") for r in answerable),
+            "uncertain_unanswerable": mean(
+                float(_decision(r) == "uncertain") for r in unanswerable
+            ),
+            "curve": refusal_curve(results),
         },
         "latency_s": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)},
         "errors": sum(r.error is not None for r in results),
@@ -313,7 +327,30 @@ def _settings_summary(settings: Settings, no_llm: bool) -> dict[str, Any]:
         "chunk_tokens": settings.chunk_tokens,
         "top_k": settings.top_k,
         "min_relevance": settings.min_relevance,
+        "confident_relevance": settings.confident_relevance,
         "dense_weight": settings.dense_weight,
         "bm25_weight": settings.bm25_weight,
         "llm_model": llm,
     }
+
+
+REFUSAL_THRESHOLDS = tuple(round(0.30 + 0.02 * i, 2) for i in range(16))
+
+
+def _decision(result: Result) -> str | None:
+    return (result.coverage or {}).get("decision")
+
+
+def refusal_curve(results: Sequence[Result]) -> list[dict[str, float | None]]:
+    """For each refusal threshold: the share of answerable and of unanswerable questions whose
+    evidence (best sentence cosine to the question) falls below it, i.e. that a gate there would
+    refuse before any answer is written."""
+    scored = [(r.type != "unanswerable", r.coverage["evidence"]) for r in results if r.coverage]
+    return [
+        {
+            "threshold": t,
+            "answerable": mean(float(e < t) for ok, e in scored if ok),
+            "unanswerable": mean(float(e < t) for ok, e in scored if not ok),
+        }
+        for t in REFUSAL_THRESHOLDS
+    ]

@@ -18,6 +18,7 @@ from rag.eval.questions import Result
 log = logging.getLogger(__name__)
 PLOT = "recall_at_k.png"
 CLAIMS_PLOT = "claims.png"
+REFUSAL_PLOT = "refusal_curve.png"
 
 
 def write_question_run(
@@ -34,6 +35,11 @@ def write_question_run(
     plotted = plot_recall({m: v["recall_curve"] for m, v in metrics["modes"].items()}, out / PLOT)
     if plotted:
         plot_claims({m: v["claims"] for m, v in metrics["modes"].items()}, out / CLAIMS_PLOT)
+        plot_refusal(
+            {m: v["refusal"]["curve"] for m, v in metrics["modes"].items()},
+            metrics["settings"],
+            out / REFUSAL_PLOT,
+        )
     (out / "report.md").write_text(question_report(metrics, runs, plotted), encoding="utf-8")
     return question_summary(metrics, plotted)
 
@@ -95,6 +101,41 @@ def plot_claims(totals: Mapping[str, Mapping[str, int]], path: Path) -> None:
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of claims")
     ax.legend(ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
+def plot_refusal(
+    curves: Mapping[str, Sequence[Mapping[str, Any]]], settings: Mapping[str, Any], path: Path
+) -> None:
+    """A PNG of the refused share of answerable and unanswerable questions against the refusal
+    threshold, one pair of lines per mode; the configured threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for mode, curve in curves.items():
+        x = [p["threshold"] for p in curve]
+        for key, style in (("answerable", "-"), ("unanswerable", "--")):
+            y = [p[key] for p in curve]
+            if any(v is not None for v in y):
+                ax.plot(
+                    x,
+                    [v if v is not None else float("nan") for v in y],
+                    style,
+                    marker="o",
+                    markersize=3,
+                    label=f"{mode}: {key}",
+                )
+    ax.axvline(settings["min_relevance"], color="grey", linewidth=1, linestyle=":")
+    ax.set_xlabel("refusal threshold (best sentence cosine to the question)")
+    ax.set_ylabel("share refused")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
@@ -200,7 +241,35 @@ def question_summary(metrics: Mapping[str, Any], plotted: bool) -> str:
     lines += ["", *claims_table(metrics)]
     if plotted:
         lines += ["", f"![Claims by verdict]({CLAIMS_PLOT})"]
+    lines += ["", *refusal_table(metrics)]
+    if plotted:
+        lines += ["", f"![Refused share against the threshold]({REFUSAL_PLOT})"]
     return "\n".join(lines)
+
+
+def refusal_table(metrics: Mapping[str, Any]) -> list[str]:
+    """False refusals per question type, and the answers given under the uncertainty note."""
+    lines = [
+        "Refusals: false refusals per type of answerable question; uncertain: answered between "
+        "the refusal and the confidence thresholds (the LLM decided, or an extractive answer "
+        "said its quotes may not answer the question).",
+        "",
+    ]
+    types = list(
+        dict.fromkeys(
+            t for m in metrics["modes"].values() for t in m["refusal"]["false_refusal_by_type"]
+        )
+    )
+    header = ["retriever", *(f"false ref. {t}" for t in types)]
+    header += ["uncertain (answerable)", "uncertain (unanswerable)"]
+    rows = []
+    for mode, m in metrics["modes"].items():
+        r = m["refusal"]
+        by_type = [_fmt(r["false_refusal_by_type"].get(t)) for t in types]
+        rows.append(
+            [mode, *by_type, _fmt(r["uncertain_answerable"]), _fmt(r["uncertain_unanswerable"])]
+        )
+    return lines + _table(header, rows)
 
 
 def claims_table(metrics: Mapping[str, Any]) -> list[str]:
