@@ -6,11 +6,13 @@ module that imports chromadb.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rag.errors import IndexMismatchError, RagError
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from rag.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class SharedClients:
@@ -112,28 +115,150 @@ CLIENTS = SharedClients()
 
 
 def connect(settings: Settings, path: Path) -> Any:
-    """A Chroma client: of the server `settings` names, else of the embedded store at `path`."""
+    """A Chroma client: of the server `settings` names, else of the embedded store at `path`
+    (a private copy of it when the store cannot be written: Chroma writes even to read)."""
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
     if settings.chroma_host:
         return _http_client(settings, chromadb, ChromaSettings)
+    check_files(path)
+    if path.is_dir() and not _writable(path):
+        path = _read_only_copy(path)
+    try:
+        with _panic_output_held():
+            return chromadb.PersistentClient(
+                path=str(path), settings=ChromaSettings(anonymized_telemetry=False)
+            )
+    except BaseException as exc:  # chromadb raises bare exceptions (and Rust panics)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        raise failure(exc, path, "opening the index at") from None
+
+
+@contextlib.contextmanager
+def _panic_output_held() -> Iterator[None]:
+    """Hold what is written to the process's stderr while Chroma opens a store: a damaged
+    store makes its Rust core panic, which prints a backtrace before Python sees the error
+    (reported in one line instead). Written through when the store opens."""
+    import tempfile
+
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to hold
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        opened = False
+        try:
+            yield
+            opened = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if opened:
+                held.seek(0)
+                os.write(2, held.read())
+
+
+def check_files(path: Path) -> None:
+    """Refuse a store directory whose database is missing, empty, not SQLite or another
+    program's: Chroma would start a new store over it (losing what was there) or add its
+    tables to a stranger's file."""
     database = path / "chroma.sqlite3"
+    if not database.exists():
+        if path.is_dir() and any(path.iterdir()):
+            raise RagError(
+                f"the index at {path} is damaged: chroma.sqlite3 is missing beside its other "
+                "files; restore it, or move the directory aside and run `rag ingest` to build "
+                "a new index"
+            )
+        return
+    with open(database, "rb") as head:
+        header = head.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        what = "empty" if not header else "not an SQLite database"
+        raise RagError(
+            f"cannot open the index at {path}: chroma.sqlite3 is {what} (truncated or "
+            "overwritten); restore it, or move the directory aside and run `rag ingest` to "
+            "build a new index"
+        )
     if _foreign_database(database):
         # Chroma would add its tables to any SQLite file it is pointed at: refuse instead.
         raise IndexMismatchError(
             f"{database} is not a Chroma index (it holds another program's tables); "
             "point RAG_INDEX_DIR at a new directory and run `rag ingest` to build an index"
         )
-    try:
-        return chromadb.PersistentClient(
-            path=str(path), settings=ChromaSettings(anonymized_telemetry=False)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+# How SQLite, Chroma's core and the OS say that a write did not fit.
+DISK_FULL = ("disk is full", "file too large", "disk i/o error", "no space left")
+
+
+def failure(exc: BaseException, where: Path | str, doing: str = "reading the index at") -> RagError:
+    """One line for what went wrong with a store: a full disk, a read-only index, or damage."""
+    text = _one_line(exc)
+    errno = getattr(exc, "errno", None)
+    lowered = text.lower()
+    if errno in (28, 27, 5) or any(sign in lowered for sign in DISK_FULL):
+        return RagError(
+            f"the disk is full (or failing): could not write to the index at {where}; what it "
+            "held before is kept, and the next ingest completes it once there is room"
         )
-    except Exception as exc:  # chromadb raises bare exceptions for a damaged store
-        raise RagError(
-            f"cannot open the index at {path} ({exc.__class__.__name__}: {exc}); "
-            "move it aside and run `rag ingest` to rebuild it"
-        ) from None
+    if errno == 30 or "readonly database" in lowered or "read-only file system" in lowered:
+        return RagError(
+            f"the index at {where} is read-only: cannot write to it (searching it works; "
+            "ingest into a writable copy)"
+        )
+    return RagError(
+        f"{doing} {where} failed: {text}; if it is damaged, restore a backup or move it aside "
+        "and run `rag ingest` to build a new index"
+    )
+
+
+def guarded(method: Callable[..., T], doing: str = "reading the index at") -> Callable[..., T]:
+    """A store method whose failures (Chroma's errors, a Rust panic in its core, SQLite and
+    disk errors) become one `RagError` line naming the store (`self.location`)."""
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except RagError:
+            raise
+        except BaseException as exc:  # pyo3's PanicException is a BaseException
+            if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+                raise
+            log.info("store failure in %s", method.__name__, exc_info=True)
+            raise failure(exc, self.location, doing) from None
+
+    return call
+
+
+def guarded_write(method: Callable[..., T]) -> Callable[..., T]:
+    """`guarded`, for a method that writes."""
+    return guarded(method, "writing to the index at")
+
+
+def _writable(path: Path) -> bool:
+    database = path / "chroma.sqlite3"
+    return os.access(path, os.W_OK) and (not database.exists() or os.access(database, os.W_OK))
+
+
+def _read_only_copy(path: Path) -> Path:
+    """A private copy of a store that cannot be written (a shared, mounted or backed-up one),
+    removed when the process ends."""
+    import atexit
+    import shutil
+    import tempfile
+
+    copy = Path(tempfile.mkdtemp(prefix="rag-read-only-")) / "chroma"
+    shutil.copytree(path, copy)
+    atexit.register(shutil.rmtree, copy.parent, ignore_errors=True)
+    log.info("%s is read-only: searching a private copy at %s", path, copy)
+    return copy
 
 
 def _http_client(settings: Settings, chromadb: Any, chroma_settings: Any) -> Any:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rag.chroma import failure
 from rag.corpus import (
     Fields,
     FilePosition,
@@ -235,8 +236,12 @@ class Reader:
 @contextlib.contextmanager
 def ingest_lock(index_dir: Path) -> Iterator[None]:
     """One writer per index: a second ingest stops with 'index is busy' instead of interleaving."""
-    index_dir.mkdir(parents=True, exist_ok=True)
-    with open(index_dir / LOCK_NAME, "w") as handle:
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(index_dir / LOCK_NAME, "w")
+    except OSError as exc:
+        raise failure(exc, index_dir) from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rag.chroma import CLIENTS, connect
+from rag.chroma import CLIENTS, check_files, connect, guarded, guarded_write
 from rag.corpus import Listing, Paper
 from rag.errors import IndexMismatchError, RagError
 from rag.filters import Filter, date_number
@@ -110,12 +110,17 @@ class Collection:
             self._epoch, self._collection = epoch, None
         return client
 
+    @guarded
     def exists(self) -> bool:
-        """True when the collection exists (creates nothing)."""
-        if not self.settings.chroma_host and not (self.path / "chroma.sqlite3").exists():
-            return False
+        """True when the collection exists (creates nothing); a store directory that is
+        damaged (its database missing, empty or overwritten) is an error, never 'missing'."""
+        if self.embedded:
+            check_files(self.path)
+            if not (self.path / "chroma.sqlite3").exists():
+                return False
         return self.settings.collection in {c.name for c in self.client.list_collections()}
 
+    @guarded_write
     def create(self) -> None:
         """Create the collection if it does not exist yet."""
         if not self.exists():
@@ -132,6 +137,7 @@ class Collection:
             )
             self._collection = None
 
+    @guarded
     def open(self) -> Any:
         """The collection, checked once: it exists, this tool built it, with this model. An
         embedded store another process has changed since this process last read it is reopened
@@ -166,10 +172,12 @@ class Collection:
             self._collection = col
         return self._collection
 
+    @guarded
     def count(self) -> int:
         """Number of chunks."""
         return int(self.open().count())
 
+    @guarded
     def paper_count(self) -> int:
         """Number of papers: their first chunks, counted by id only (no texts or metadata are
         loaded, so it stays cheap for a collection of millions of chunks)."""
@@ -196,6 +204,7 @@ class Collection:
 
     # --- writes ----------------------------------------------------------------------------
 
+    @guarded
     def chunk_states(self, paper_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """Metadata (with `id`) of every stored chunk of these papers, by paper id."""
         found = self.open().get(where={"paper_id": {"$in": paper_ids}}, include=["metadatas"])
@@ -204,6 +213,7 @@ class Collection:
             states.setdefault(meta["paper_id"], []).append({"id": chunk_id, **meta})
         return states
 
+    @guarded_write
     def bump_generation(self) -> None:
         """Mark the collection as changed (before and after an ingest that writes)."""
         col = self.client.get_collection(self.settings.collection, embedding_function=None)
@@ -219,6 +229,7 @@ class Collection:
             self.written = True
             self.bump_generation()
 
+    @guarded_write
     def write(
         self, ids: list[str], vectors: np.ndarray, texts: list[str], metadatas: list[dict[str, Any]]
     ) -> None:
@@ -226,10 +237,12 @@ class Collection:
         self._mark_written()
         self.open().upsert(ids=ids, embeddings=vectors, documents=texts, metadatas=metadatas)
 
+    @guarded_write
     def update_metadata(self, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
         self._mark_written()
         self.open().update(ids=ids, metadatas=metadatas)
 
+    @guarded_write
     def delete(self, ids: list[str]) -> None:
         self._mark_written()
         self.open().delete(ids=ids)
@@ -246,6 +259,7 @@ class Store(Collection):
         self._local = threading.local()
         self._table_lock = threading.Lock()
 
+    @guarded
     def stamp(self) -> tuple[int, int]:
         """(generation, chunk count): changes whenever an ingest changes the collection, so
         indexes derived from it (BM25, the in-memory table) know when to rebuild. Reading it
@@ -274,6 +288,7 @@ class Store(Collection):
             finally:
                 self._local.stamp = None
 
+    @guarded
     def table(self, stamp: tuple[int, int] | None = None) -> ChunkTable | None:
         """The in-memory copy of the collection, current as of `stamp` (read when not given);
         None when the collection is larger than `RAG_EXACT_SEARCH_MAX` chunks."""
@@ -286,6 +301,7 @@ class Store(Collection):
                 self._table = ChunkTable.build(stamp, got)
             return self._table
 
+    @guarded
     def paper_chunks(self, paper_ids: Sequence[str]) -> dict[str, list[Hit]]:
         """Every chunk of these papers (text and metadata), in order, by paper id."""
         if not paper_ids:
@@ -302,6 +318,7 @@ class Store(Collection):
             parts.setdefault(hit.metadata["paper_id"], []).append(hit)
         return {pid: sorted(p, key=lambda h: h.metadata["chunk"]) for pid, p in parts.items()}
 
+    @guarded
     def best_cosines(self, paper_ids: Sequence[str], vector: np.ndarray) -> dict[str, float]:
         """Each paper's best chunk cosine similarity to `vector` (vectors are unit length)."""
         if not paper_ids:
@@ -322,6 +339,7 @@ class Store(Collection):
             best[meta["paper_id"]] = max(sim, best.get(meta["paper_id"], -1.0))
         return best
 
+    @guarded
     def query(self, vector: np.ndarray, n: int, filters: Filter | None = None) -> list[Hit]:
         """The `n` chunks nearest to `vector` among those `filters` admits, best first."""
         table = self.table()
@@ -342,6 +360,7 @@ class Store(Collection):
             for hit, dist in zip(_hits(found), found["distances"], strict=True)
         ]
 
+    @guarded
     def admitted_papers(self, filters: Filter) -> set[str]:
         """Ids of the papers `filters` admits (for rankings made outside Chroma: BM25)."""
         table = self.table()
@@ -350,6 +369,7 @@ class Store(Collection):
         where = {"$and": [{"chunk": 0}, filters.where()]} if filters else {"chunk": 0}
         return {meta["paper_id"] for meta in self._get(where, ["metadatas"])["metadatas"]}
 
+    @guarded
     def vectors(self, ids: list[str]) -> dict[str, np.ndarray]:
         """Stored embeddings of these chunks, by chunk id."""
         if not ids:
@@ -364,6 +384,7 @@ class Store(Collection):
             for cid, v in zip(got["ids"], got["embeddings"], strict=True)
         }
 
+    @guarded
     def all_chunks(self) -> list[Hit]:
         """Every chunk (text and metadata), for lexical indexes built beside the vectors."""
         table = self.table()

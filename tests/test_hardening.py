@@ -86,3 +86,71 @@ def test_a_running_server_sees_and_cites_papers_another_process_ingests(
         server.wait(timeout=30)
         log.close()
     assert "Error finding id" not in (tmp_path / "serve.log").read_text()
+
+
+def small_index(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    index = tmp_path / "index"
+    env = {"RAG_INDEX_DIR": str(index)}
+    built = run_rag("ingest", str(write_jsonl(tmp_path / "first.jsonl", FIRST)), env=env)
+    assert built.returncode == 0, built.stderr
+    return index, env
+
+
+def test_a_read_only_index_answers_and_an_ingest_says_it_cannot_write(tmp_path: Path) -> None:
+    """A shared, mounted or backed-up copy: queries work (Chroma writes even to read, so a
+    private copy is searched) and an ingest says where it cannot write, in one line."""
+    index, _ = small_index(tmp_path)
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    bind = subprocess.run(["mount", "--bind", str(index), str(mounted)], capture_output=True)
+    if bind.returncode != 0:
+        pytest.skip("a read-only bind mount needs root here")
+    try:
+        remount = ["mount", "-o", "remount,ro,bind", str(mounted)]
+        assert subprocess.run(remount, capture_output=True).returncode == 0
+        env = {"RAG_INDEX_DIR": str(mounted)}
+        found = run_rag("search", "Which optimiser keeps only the momentum?", "--json", env=env)
+        assert found.returncode == 0, found.stderr
+        assert FIRST[0]["title"] in found.stdout
+        added = run_rag("ingest", str(write_jsonl(tmp_path / "five.jsonl", FIVE)), env=env)
+        assert added.returncode == 1
+        lines = added.stderr.strip().splitlines()
+        assert lines == [
+            f"rag: error: the index at {mounted} is read-only: cannot write to it "
+            "(searching it works; ingest into a writable copy)"
+        ]
+    finally:
+        subprocess.run(["umount", str(mounted)], capture_output=True)
+
+
+def test_a_full_disk_during_an_ingest_is_one_line_and_loses_nothing(tmp_path: Path) -> None:
+    """The file size limit stands in for a full disk: the database cannot grow."""
+    import json
+    import resource
+    import signal
+
+    index, env = small_index(tmp_path)
+    big = [
+        {"title": f"Caching Paper {i}", "abstract": "Caching results of expensive queries. " * 40}
+        for i in range(300)
+    ]
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        size = (index / "chroma" / "chroma.sqlite3").stat().st_size + 200_000
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "rag", "ingest", str(write_jsonl(tmp_path / "big.jsonl", big))],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        preexec_fn=limited,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("rag: error: the disk is full") and str(index) in line
+    found = run_rag("search", "Which optimiser keeps only the momentum?", "--json", env=env)
+    assert found.returncode == 0, found.stderr
+    titles = [r["title"] for r in json.loads(found.stdout)["results"]]
+    assert FIRST[0]["title"] in titles

@@ -9,6 +9,7 @@ paper, which the ingest only sends after the previous batch of papers is written
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -339,10 +340,11 @@ def fingerprint(directory: Path, scratch: Path) -> dict[str, str]:
         if not path.is_file() or path.name == LOCK_NAME:
             continue
         data = path.read_bytes()
+        name = path.relative_to(directory).as_posix()
+        found[name] = hashlib.sha256(data).hexdigest()
         if data.startswith(b"SQLite format 3\x00"):
-            found[path.relative_to(directory).as_posix()] = sqlite_content(path, scratch)
-        else:
-            found[path.relative_to(directory).as_posix()] = hashlib.sha256(data).hexdigest()
+            with contextlib.suppress(sqlite3.DatabaseError):  # a damaged one: its bytes
+                found[name] = sqlite_content(path, scratch)
     return found
 
 
@@ -385,6 +387,29 @@ def another_embedding_model(index: Path, server: FakeLLM, tmp_path: Path) -> dic
     return {"RAG_EMBED_MODEL": "all-MiniLM-L6-v2"}
 
 
+def damaged_database(how: str) -> Any:
+    """A store built by this tool, then its database emptied, cut, overwritten or deleted."""
+
+    def setup(index: Path, server: FakeLLM, tmp_path: Path) -> dict[str, str]:
+        ingest_here(server, write_jsonl(tmp_path / "built.jsonl", synthetic_papers(40)), index)
+        database = index / "chroma" / "chroma.sqlite3"
+        size = database.stat().st_size
+        if how == "empty":
+            database.write_bytes(b"")
+        elif how == "cut":
+            with open(database, "r+b") as handle:
+                handle.truncate(size // 2)
+        elif how == "overwritten":
+            with open(database, "r+b") as handle:
+                handle.seek(size // 4)
+                handle.write(random.Random(3).randbytes(size // 2))
+        else:
+            database.unlink()
+        return {}
+
+    return setup
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
@@ -392,8 +417,21 @@ def another_embedding_model(index: Path, server: FakeLLM, tmp_path: Path) -> dic
         (another_apps_database, "not a Chroma index"),
         (another_tools_collection, "was not built by this tool"),
         (another_embedding_model, "built with embedding model 'openai:toy-embedding'"),
+        (damaged_database("empty"), "chroma.sqlite3 is empty"),
+        (damaged_database("cut"), "malformed"),
+        (damaged_database("overwritten"), "malformed"),
+        (damaged_database("deleted"), "chroma.sqlite3 is missing"),
     ],
-    ids=["garbage-files", "another-apps-sqlite", "another-tools-collection", "another-model"],
+    ids=[
+        "garbage-files",
+        "another-apps-sqlite",
+        "another-tools-collection",
+        "another-model",
+        "database-emptied",
+        "database-cut",
+        "pages-overwritten",
+        "database-deleted",
+    ],
 )
 def test_damaged_or_foreign_index_is_refused_in_one_line_and_left_untouched(
     tmp_path: Path, gated: GatedLLM, setup: Any, message: str
