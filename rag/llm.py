@@ -11,8 +11,11 @@ import contextlib
 import functools
 import logging
 import random
+import re
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -27,6 +30,8 @@ RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 BACKOFF_BASE = 0.5  # seconds before the first retry; doubles each time
 BACKOFF_CAP = 8.0
 T = TypeVar("T")
+KEY_PREFIX = 8  # characters of the key that, starting it, are masked wherever they appear
+SECRET_LIKE = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_-]{6,}")
 
 
 def _client(settings: Settings) -> Any:
@@ -44,9 +49,22 @@ def _shared_client(key: str, base_url: str | None, timeout: float) -> Any:
 
 
 def redact(text: str, settings: Settings) -> str:
-    """`text` with the API key (if any) masked."""
+    """`text` with the API key masked: the whole key, any part of it of 8 characters or more
+    that starts it (an error body cut short, a key echoed in part), and anything shaped like
+    a secret key (`sk-...`)."""
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
-    return text.replace(key, "***") if len(key) >= 4 else text
+    if len(key) >= 4:
+        text = text.replace(key, "***")
+        for size in range(len(key) - 1, KEY_PREFIX - 1, -1):
+            if key[:size] in text:
+                text = text.replace(key[:size], "***")
+    return SECRET_LIKE.sub("***", text)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """`text` on one line, cut to `limit` characters (after redaction, never before)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _retry_after(exc: Any) -> float | None:
@@ -76,41 +94,42 @@ def _errors(settings: Settings, what: str) -> Iterator[None]:
     except openai.AuthenticationError:
         raise LLMError(f"{where} rejected the API key (HTTP 401); check OPENAI_API_KEY") from None
     except openai.NotFoundError as exc:
-        raise LLMError(
-            redact(
-                f"{where} answered 404 for {what}: {_detail(exc)}; check RAG_LLM_MODEL", settings
-            )
-        ) from None
+        detail = one_line(redact(_detail(exc), settings), 200)
+        raise LLMError(f"{where} answered 404 for {what}: {detail}; check RAG_LLM_MODEL") from None
     except openai.RateLimitError as exc:
         raise LLMError(
             f"{where} is rate limiting {what} (HTTP 429)", True, _retry_after(exc)
         ) from None
     except openai.APIStatusError as exc:
         retryable = exc.status_code in RETRYABLE_STATUS
+        detail = one_line(redact(_detail(exc), settings), 200)
         raise LLMError(
-            redact(f"{where} failed {what} (HTTP {exc.status_code}): {_detail(exc)}", settings),
+            f"{where} failed {what} (HTTP {exc.status_code}): {detail}",
             retryable,
             _retry_after(exc),
         ) from None
     except (openai.APIError, ValueError) as exc:
         message = redact(f"{where} sent an unusable reply to {what}: {exc}", settings)
-        raise LLMError(message[:300], retryable=True) from None
+        raise LLMError(one_line(message), retryable=True) from None
 
 
 def _detail(exc: Any) -> str:
+    """What the server said (whole: it is redacted, then cut)."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         message = body.get("message") or (body.get("error") or {}).get("message")
         if message:
-            return str(message)[:200]
-    return str(getattr(exc, "message", exc))[:200]
+            return str(message)
+    return str(getattr(exc, "message", exc))
 
 
-def with_retries(settings: Settings, what: str, attempt: Callable[[float], T]) -> T:
+def with_retries(
+    settings: Settings, what: str, attempt: Callable[[float], T], deadline: float | None = None
+) -> T:
     """`attempt(seconds_left)` until it succeeds, retrying retryable failures with exponential
     back-off and jitter (or the server's Retry-After), at most `llm_max_retries` times and
-    never past the `llm_timeout` deadline; then one readable `LLMError`."""
-    deadline = time.monotonic() + settings.llm_timeout
+    never past the deadline (default: `llm_timeout` from now); then one readable `LLMError`."""
+    deadline = deadline or time.monotonic() + settings.llm_timeout
     tries = settings.llm_max_retries + 1
     for number in range(1, tries + 1):
         left = deadline - time.monotonic()
@@ -143,8 +162,58 @@ def _final(exc: LLMError, attempts: int, settings: Settings, out_of_time: bool =
     return LLMError(f"{exc} (gave up after {attempts} attempt{plural}: {why})")
 
 
+@dataclass
+class Reply:
+    """A whole reply: its text and why it ended ("stop"; "length": cut at the token limit)."""
+
+    text: str
+    finish: str | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish == "length"
+
+
+class Streamed:
+    """The text of a reply as it arrives (iterate it); `finish` once it has ended."""
+
+    def __init__(self, deltas: Generator[str, None, str | None]) -> None:
+        self._deltas = deltas
+        self.finish: str | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        self.finish = yield from self._deltas
+
+
+class _Watchdog:
+    """Closes a call's response when its deadline passes: a server that sends a token every few
+    seconds, or trickles the bytes of a reply, cannot outlast `RAG_LLM_TIMEOUT` (a read
+    timeout only bounds the wait for each piece). Closing also frees a single-slot server."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired = False
+        self._timers: list[threading.Timer] = []
+
+    def arm(self, response: Any) -> None:
+        def fire() -> None:
+            self.fired = True
+            with contextlib.suppress(Exception):
+                response.close()
+
+        timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), fire)
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+
+    def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+
+
 class LLM:
-    """Chat completions, streamed or not, with bounded retries under one deadline."""
+    """Chat completions, always streamed (so that giving up closes the connection), with
+    bounded retries under one deadline per call."""
 
     def __init__(self, settings: Settings, model: str | None = None) -> None:
         self.settings = settings
@@ -154,68 +223,117 @@ class LLM:
     def client(self) -> Any:
         return _client(self.settings)
 
-    def _create(self, messages: Sequence[Message], timeout: float, stream: bool) -> Any:
+    def _create(self, messages: Sequence[Message], timeout: float) -> Any:
         return self.client.chat.completions.create(
             model=self.model,
             messages=list(messages),
             temperature=self.settings.llm_temperature,
-            stream=stream,
+            stream=True,
             timeout=max(timeout, 0.1),
         )
 
-    def stream(self, messages: Sequence[Message]) -> Iterator[str]:
-        """Text deltas of the reply as they arrive.
+    def _late(self) -> str:
+        where = self.settings.openai_base_url or "the OpenAI API"
+        return (
+            f"{where} took longer than the {self.settings.llm_timeout:g} s time-out "
+            "(RAG_LLM_TIMEOUT)"
+        )
+
+    def stream(self, messages: Sequence[Message]) -> Streamed:
+        """Text deltas of the reply as they arrive (`finish` set at the end).
 
         Failures before the first token are retried like any request. A stream that breaks
-        off (or ends without a finish) after tokens were shown raises `LLMInterrupted`, so a
-        truncated answer is never passed off as complete.
+        off (or ends without a finish, or runs past the deadline) after tokens were shown
+        raises `LLMInterrupted`, so a truncated answer is never passed off as complete.
         """
+        return Streamed(self._deltas(messages))
 
-        def first(timeout: float) -> tuple[Any, Any, list[str], bool]:
-            events = iter(self._create(messages, timeout, stream=True))
-            for event in events:
-                text, finished = _delta(event)
-                if text or finished:
-                    return events, event, [text] if text else [], finished
+    def _deltas(self, messages: Sequence[Message]) -> Generator[str, None, str | None]:
+        watch = _Watchdog(time.monotonic() + self.settings.llm_timeout)
+
+        def first(timeout: float) -> tuple[Any, str, str | None]:
+            response = self._create(messages, timeout)
+            watch.arm(response)
+            for text, finish in self._events(response, watch):
+                if text or finish:
+                    return response, text, finish
             raise ValueError("the stream ended without an answer")
 
-        events, _, head, finished = with_retries(self.settings, "the answer", lambda t: first(t))
-        shown = "".join(head)
-        yield from head
         try:
-            with _errors(self.settings, "the answer"):
-                for event in [] if finished else events:
-                    text, finished = _delta(event)
-                    if text:
-                        shown += text
-                        yield text
-                    if finished:
-                        break
-        except LLMError as exc:
-            raise LLMInterrupted(f"answer interrupted: {exc}", shown) from None
-        if not finished:
-            raise LLMInterrupted(
-                "answer interrupted: the stream ended before the answer did", shown
+            response, shown, finish = with_retries(
+                self.settings, "the answer", first, watch.deadline
             )
+            if shown:
+                yield shown
+            rest = [] if finish else self._events(response, watch)
+            try:
+                with _errors(self.settings, "the answer"):
+                    for text, reason in rest:
+                        if text:
+                            shown += text
+                            yield text
+                        if reason:
+                            finish = reason
+                            break
+            except LLMError as exc:
+                raise LLMInterrupted(f"answer interrupted: {exc}", shown) from None
+            if not finish:
+                raise LLMInterrupted(
+                    "answer interrupted: the stream ended before the answer did", shown
+                )
+            return finish
+        finally:
+            watch.stop()
+
+    def _events(self, response: Any, watch: _Watchdog) -> Iterator[tuple[str, str | None]]:
+        """(text, finish reason) of each event; the deadline's time-out when the watchdog
+        closed the response."""
+        try:
+            for event in response:
+                yield _delta(event)
+        except Exception:
+            if watch.fired:
+                raise LLMError(self._late()) from None
+            raise
+        if watch.fired:
+            raise LLMError(self._late())
+
+    def reply(self, messages: Sequence[Message]) -> Reply:
+        """The whole reply, read as a stream; a reply that breaks off is retried whole."""
+        watch = _Watchdog(time.monotonic() + self.settings.llm_timeout)
+
+        def once(timeout: float) -> Reply:
+            response = self._create(messages, timeout)
+            watch.arm(response)
+            parts, finish = [], None
+            try:
+                for text, finish in self._events(response, watch):
+                    parts.append(text)
+                    if finish:
+                        break
+            finally:
+                with contextlib.suppress(Exception):
+                    response.close()
+            if not finish:
+                raise ValueError("the reply broke off before its end")
+            return Reply("".join(parts), finish)
+
+        try:
+            return with_retries(self.settings, "the answer", once, watch.deadline)
+        finally:
+            watch.stop()
 
     def complete(self, messages: Sequence[Message]) -> str:
-        """The whole reply."""
-
-        def once(timeout: float) -> str:
-            response = self._create(messages, timeout, stream=False)
-            if not getattr(response, "choices", None):
-                raise ValueError("the reply holds no choices")
-            return response.choices[0].message.content or ""
-
-        return with_retries(self.settings, "the answer", once)
+        """The whole reply's text."""
+        return self.reply(messages).text
 
 
-def _delta(event: Any) -> tuple[str, bool]:
-    """(text, finished) of one stream event."""
+def _delta(event: Any) -> tuple[str, str | None]:
+    """(text, finish reason or None) of one stream event."""
     if not getattr(event, "choices", None):
-        return "", False
+        return "", None
     choice = event.choices[0]
-    return (choice.delta.content or "") if choice.delta else "", bool(choice.finish_reason)
+    return (choice.delta.content or "") if choice.delta else "", choice.finish_reason or None
 
 
 def embeddings(settings: Settings, model: str, texts: Sequence[str]) -> list[list[float]]:

@@ -118,7 +118,7 @@ def test_llm_answer_maps_numbers_to_titles_and_drops_unknown(
     assert answer.dropped_citations == [4]
     (request,) = fake_llm.chat_requests()
     body = request["body"]
-    assert body["model"] == "test-model" and not body.get("stream")
+    assert body["model"] == "test-model" and body.get("stream") is True  # every call streams
     assert request["headers"]["authorization"] == "Bearer sk-test-123456"
     user = body["messages"][1]["content"]
     assert '<source n="1">\nTitle: Pointer Networks' in user and '<source n="3">' in user

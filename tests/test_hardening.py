@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.fake_llm import FakeLLM
 from tests.helpers import free_port, run_rag, wait_http, write_jsonl
 
 FIRST = [
@@ -154,3 +156,52 @@ def test_a_full_disk_during_an_ingest_is_one_line_and_loses_nothing(tmp_path: Pa
     assert found.returncode == 0, found.stderr
     titles = [r["title"] for r in json.loads(found.stdout)["results"]]
     assert FIRST[0]["title"] in titles
+
+
+# ---------------------------------------------------------------- the LLM's deadline and key
+
+SLOW_KEY = "sk-hardening-LEAKY-KEY-123456"
+
+
+def llm_env(fake: FakeLLM, **more: str) -> dict[str, str]:
+    return {
+        "OPENAI_API_KEY": SLOW_KEY,
+        "OPENAI_BASE_URL": fake.base_url,
+        "RAG_LLM_MAX_RETRIES": "0",
+        "RAG_MIN_RELEVANCE": "0",
+        "RAG_CONFIDENT_RELEVANCE": "0",
+        **more,
+    }
+
+
+@pytest.mark.parametrize("command", ["ask", "summarize"])
+def test_a_reply_trickling_tokens_stops_at_the_deadline(
+    tmp_path: Path, fake_llm: FakeLLM, command: str
+) -> None:
+    """A token every 3 s: each read is quick, the whole reply would take minutes. `ask` streams
+    (the answer is shown, then cut); `summarize` reads whole replies (they fail)."""
+    _, env = small_index(tmp_path)
+    fake_llm.default = "Lion keeps only the momentum [1]. " * 40
+    fake_llm.chunk_size, fake_llm.chunk_delay = 4, 3.0
+    start = time.monotonic()
+    result = run_rag(
+        command, "sign momentum optimisers", env={**env, **llm_env(fake_llm, RAG_LLM_TIMEOUT="5")}
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode == 1 and elapsed < 5 + 8  # the deadline, plus start-up
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("rag: error: ") and "5 s time-out (RAG_LLM_TIMEOUT)" in last
+
+
+def test_a_key_echoed_in_an_error_body_is_masked_before_the_body_is_cut(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    from tests.fake_llm import Fault
+
+    _, env = small_index(tmp_path)
+    body = '{"error": {"message": "' + "x" * 186 + f' Incorrect API key: {SLOW_KEY}"}}}}'
+    fake_llm.default = Fault(400, body=body)
+    result = run_rag("ask", "sign momentum optimisers", env={**env, **llm_env(fake_llm)})
+    assert result.returncode == 1 and "HTTP 400" in result.stderr
+    for start in range(len(SLOW_KEY) - 7):
+        assert SLOW_KEY[start : start + 8] not in result.stderr
