@@ -39,7 +39,8 @@ SIGNALS = {
 
 
 def abstracts() -> dict[str, str]:
-    from rag.corpus import expand_paths, iter_file
+    from rag.corpus import iter_file
+    from rag.reading import expand_paths
     from rag.settings import Settings
 
     found: dict[str, str] = {}

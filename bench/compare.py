@@ -49,7 +49,8 @@ def _baseline_parts(index_dir: Path):  # noqa: ANN202 - llama-index objects
 def baseline_ingest(index_dir: Path) -> None:
     from llama_index.core import Document, StorageContext, VectorStoreIndex
 
-    from rag.corpus import Paper, expand_paths, iter_file, merge_papers
+    from rag.corpus import Paper, iter_file, merge_papers
+    from rag.reading import expand_paths
     from rag.settings import Settings
 
     files = expand_paths([Settings().corpus_dir])

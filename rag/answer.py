@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rag import prompts
-from rag.claims import CITATION, Claim, check_text, citation_numbers, tally
+from rag.claims import CITATION, MARKER_NUMBER, Claim, check_text, citation_numbers, tally
 from rag.corpus import SENTENCE_END
 from rag.embed import embed_cached
 from rag.errors import InputError, LLMError, LLMInterrupted
@@ -210,7 +210,7 @@ def resolve_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[S
     dropped: list[int] = []
 
     def fix(match: re.Match[str]) -> str:
-        numbers = [int(x) for x in re.findall(r"\d+", match.group(1))]
+        numbers = [int(x) for x in MARKER_NUMBER.findall(match.group(1))]
         keep = [n for n in numbers if n in by_n]
         for n in numbers:
             if n in by_n:
@@ -234,20 +234,34 @@ def quoted(text: str) -> str:
     return CITATION.sub(lambda m: f"({m.group(1)})", text)
 
 
-def format_sources(sources: Sequence[Source]) -> str:
+def format_sources(sources: Sequence[Source], limit: int) -> str:
+    """The sources as the prompt gives them, each text cut at `limit` characters (with a note):
+    one runaway record cannot fill a prompt."""
     return "\n".join(
-        prompts.render("source", n=s.n, title=as_data(s.title), text=as_data(s.body))
+        prompts.render(
+            "source", n=s.n, title=as_data(s.title[:500]), text=as_data(capped(s.body, limit))
+        )
         for s in sources
     )
 
 
-def build_messages(question: str, sources: Sequence[Source]) -> list[dict[str, str]]:
+def capped(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} [abstract cut: {len(text) - limit:,} more characters]"
+
+
+def build_messages(
+    question: str, sources: Sequence[Source], settings: Settings
+) -> list[dict[str, str]]:
     return [
         {"role": "system", "content": prompts.render("answer_system", refusal=NOT_COVERED)},
         {
             "role": "user",
             "content": prompts.render(
-                "answer_user", sources=format_sources(sources), question=question
+                "answer_user",
+                sources=format_sources(sources, settings.source_chars),
+                question=question,
             ),
         },
     ]
@@ -270,10 +284,11 @@ def llm_answer(
     question: str,
     sources: list[Source],
     llm: LLM,
+    settings: Settings,
     on_token: Callable[[str], None] | None = None,
 ) -> Answer:
     """The LLM's answer over `sources`, streamed through `on_token` when given."""
-    messages = build_messages(question, sources)
+    messages = build_messages(question, sources, settings)
     interrupted = None
     if on_token is None:
         raw = llm.complete(messages)
@@ -442,7 +457,7 @@ def answer_question(
     if llm is None:
         answer = extractive_answer(question, sources)
     else:
-        answer = llm_answer(question, sources, llm, on_token)
+        answer = llm_answer(question, sources, llm, settings, on_token)
     answer.coverage = coverage
     if answer.refused:
         return answer

@@ -190,6 +190,12 @@ class Assistant:
             clean_question(query), self.settings, self.retriever(filters), self.embedder, self.llm
         )
 
+    def paper_count(self) -> int:
+        """Papers in the collection."""
+        from rag.store import Store
+
+        return Store(self.settings, self.embedder.name).paper_count()
+
     def source_files(self) -> list[str]:
         """The files the collection's papers were read from (none for a collection above
         `ui_scan_max_chunks`: too costly to list)."""

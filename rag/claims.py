@@ -22,8 +22,10 @@ from rag.support import ClaimText, Evidence, SourceText
 if TYPE_CHECKING:
     from rag.embed import Embedder
 
-CITATION = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
-"""A citation marker: [1], [1, 2], [1; 3]."""
+CITATION = re.compile(r"\[\s*(-?\d{1,9}(?:\s*[,;]\s*-?\d{1,9})*)\s*\]")
+"""A citation marker: [1], [1, 2], [1; 3]; [-1] is one too (no source has that number). A
+longer run of digits is no marker (and no crash: Python will not convert 5,000 digits)."""
+MARKER_NUMBER = re.compile(r"-?\d+")
 
 BETTER_MIN = 0.5
 """Support another source must give a claim to be named its better source: the typical support
@@ -89,7 +91,7 @@ class Claim:
 
 def citation_numbers(text: str) -> list[int]:
     """The numbers `text` cites, each once, in order of first citation."""
-    found = (int(x) for m in CITATION.finditer(text) for x in re.findall(r"\d+", m.group(1)))
+    found = (int(x) for m in CITATION.finditer(text) for x in MARKER_NUMBER.findall(m.group(1)))
     return list(dict.fromkeys(found))
 
 

@@ -22,7 +22,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"rag: error: {message}", err=True)
+    from rag.terminal import printable
+
+    click.echo(f"rag: error: {printable(' '.join(message.split()))}", err=True)
     sys.exit(code)
 
 
@@ -208,6 +210,7 @@ def ingest(
 
     from rag import api
     from rag.corpus import Fields
+    from rag.terminal import say
 
     settings = load_settings()
     fields = Fields(title_field, text_field, id_field)
@@ -223,8 +226,8 @@ def ingest(
     if as_json:
         emit_json(asdict(report))
     elif not nothing_read:
-        for error in report.errors:
-            click.echo(f"rag: warning: {error}", err=True)
+        for problem in [*report.errors, *report.warnings]:
+            say(f"rag: warning: {problem}", err=True)
         for resumed in report.resumed:
             click.echo(f"rag: resumed {resumed} (where the last ingest stopped)", err=True)
         if report.papers_filtered:
@@ -252,15 +255,21 @@ def search(query: str, k: int | None, filters: Filter, as_json: bool) -> None:
     Example:
       rag search "multiplication-free attention" --k 3 --json
     """
-    papers = ready(load_settings(), query).search(query, k, filters=filters)
+    from rag.terminal import say
+
+    assistant = ready(load_settings(), query)
+    papers = assistant.search(query, k, filters=filters)
     if as_json:
         results = [{"rank": i, **p.to_json()} for i, p in enumerate(papers, start=1)]
         emit_json({"query": query, "results": results})
         return
+    if not papers:
+        empty = assistant.paper_count() == 0
+        say("The index is empty: add papers with `rag ingest`." if empty else "No paper matches.")
     for i, paper in enumerate(papers, start=1):
-        click.echo(f"{i:>2}. {paper.title}  ({paper.score:.3f})")
-        click.echo(f"    {paper.url}")
-        click.echo(f"    {paper.snippet[:200]}...")
+        say(f"{i:>2}. {paper.title}  ({paper.score:.3f})")
+        say(f"    {paper.url}")
+        say(f"    {paper.snippet[:200]}...")
 
 
 @main.command(context_settings=CONTEXT)
@@ -281,12 +290,14 @@ def ask(
     Example:
       rag ask "How does L-Mul replace floating point multiplication?"
     """
+    from rag.terminal import printable
+
     assistant = ready(load_settings(llm_model=model), question, no_llm)
     streamed: list[str] = []
 
     def show(token: str) -> None:
         streamed.append(token)
-        click.echo(token, nl=False)
+        click.echo(printable(token), nl=False)
 
     live = not as_json and sys.stdout.isatty()
     answer = assistant.ask(question, k, on_token=show if live else None, filters=filters)

@@ -29,11 +29,15 @@ from pathlib import Path
 from urllib.parse import quote_plus
 
 from rag.errors import InputError
-
-LISTING_SUFFIXES = frozenset({".txt", ".md"})
-JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
-CSV_SUFFIXES = frozenset({".csv", ".tsv"})
-KNOWN_SUFFIXES = LISTING_SUFFIXES | JSONL_SUFFIXES | CSV_SUFFIXES
+from rag.reading import (
+    CSV_SUFFIXES,
+    JSONL_SUFFIXES,
+    LISTING_SUFFIXES,
+    FilePosition,
+    check_file,
+    read_text,
+    stream_lines,
+)
 
 # Lines of page chrome on a Daily Papers listing page, compared after whitespace is collapsed.
 CHROME_LINES = frozenset(
@@ -54,7 +58,6 @@ DATE_LINE = re.compile(rf"^(?:{_MONTHS})[a-z]*\.? \d{{1,2}}(?:, \d{{4}})?$")
 # corpus: at most 20 words, 147 characters; abstracts at least 74 words, 519 characters).
 ABSTRACT_MIN_WORDS = 30
 ABSTRACT_MIN_CHARS = 200
-BINARY_SNIFF_BYTES = 8192
 # JSON Lines records end at \n (or \r\n). `str.splitlines` also breaks at U+0085, U+2028 and
 # U+2029, which a JSON writer may leave unescaped inside strings (`ensure_ascii=False`); the other
 # breaks it knows are control characters, which valid JSON never holds raw.
@@ -169,27 +172,6 @@ def paper_url(title: str, arxiv_id: str | None = None) -> str:
     return f"https://huggingface.co/papers?q={quote_plus(title)}"
 
 
-def read_text(path: Path) -> str:
-    """The text of a file, or an `InputError` that names the file and what is wrong with it."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file or directory")
-    if not path.is_file():
-        raise InputError(f"{path}: not a regular file")
-    data = path.read_bytes()
-    if not data.strip():
-        raise InputError(f"{path}: file is empty")
-    if b"\x00" in data[:BINARY_SNIFF_BYTES]:
-        raise InputError(f"{path}: looks like a binary file, expected text")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise InputError(
-            f"{path}:{line}: not UTF-8 text (invalid byte 0x{data[exc.start]:02x}); "
-            "convert the file to UTF-8"
-        ) from None
-
-
 FORMATS = ("listing", "jsonl", "csv", "arxiv")
 ARXIV_FIELDS = frozenset({"id", "title", "abstract", "categories"})
 ARXIV_ID = re.compile(r"^(?:\d{4}\.\d{4,5}|[a-z][a-z.-]*(?:\.[A-Z]{2})?/\d{7})(v\d+)?$")
@@ -200,6 +182,7 @@ AUTHORS_CHARS = 500
 def detect_format(path: Path) -> str:
     """'listing', 'jsonl', 'csv' or 'arxiv' from the file name, and for JSON Lines from the
     fields of the first record; an `InputError` for anything else."""
+    check_file(path)
     suffix = path.suffix.lower()
     if suffix in LISTING_SUFFIXES:
         return "listing"
@@ -224,20 +207,6 @@ def _first_record_fields(path: Path) -> set[str]:
     except (OSError, ValueError, RecursionError):
         pass  # reading the file for real reports what is wrong with it
     return set()
-
-
-def expand_paths(paths: Iterable[Path]) -> list[Path]:
-    """Files named directly, plus the known-type files found under named directories."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in KNOWN_SUFFIXES)
-            if not found:
-                raise InputError(f"{path}: directory holds no .txt, .jsonl or .csv files")
-            files.extend(found)
-        else:
-            files.append(path)
-    return files
 
 
 def iter_file(
@@ -269,50 +238,6 @@ def iter_file(
             fields,
             delimiter="\t" if path.suffix.lower() == ".tsv" else ",",
         )
-
-
-@dataclass
-class FilePosition:
-    """A place in a file: the byte offset after line `line`. `stream_lines` starts there and
-    moves it past each line it has yielded, once the line's records have been taken."""
-
-    offset: int = 0
-    line: int = 0
-
-
-def stream_lines(path: Path, position: FilePosition | None = None) -> Iterator[tuple[int, str]]:
-    """Numbered lines of a text file (line ends kept), read as they are needed.
-
-    The same checks as `read_text`: a missing, binary or empty file, or a line that is not
-    UTF-8, is an `InputError` naming the file (and the line).
-    """
-    if not path.exists():
-        raise InputError(f"{path}: no such file or directory")
-    if not path.is_file():
-        raise InputError(f"{path}: not a regular file")
-    position = position or FilePosition()
-    with path.open("rb") as handle:
-        if b"\x00" in handle.read(BINARY_SNIFF_BYTES):
-            raise InputError(f"{path}: looks like a binary file, expected text")
-        handle.seek(position.offset)
-        content = position.offset > 0
-        offset = position.offset
-        for number, raw in enumerate(iter(handle.readline, b""), start=position.line + 1):
-            offset += len(raw)
-            if number == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(
-                    f"{path}:{number}: not UTF-8 text (invalid byte 0x{raw[exc.start]:02x}); "
-                    "convert the file to UTF-8"
-                ) from None
-            content = content or bool(line.strip())
-            yield number, line
-            position.offset, position.line = offset, number  # the line's records are taken
-        if not content:
-            raise InputError(f"{path}: file is empty")
 
 
 def _looks_like_abstract(line: str) -> bool:

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,15 +25,15 @@ import numpy as np
 from rag.chroma import failure
 from rag.corpus import (
     Fields,
-    FilePosition,
     Paper,
     Problem,
     detect_format,
-    expand_paths,
     iter_file,
+    normalise_title,
     sentence_spans,
 )
 from rag.errors import InputError, RagError
+from rag.reading import FilePosition, expand_paths
 from rag.store import PAPER_KEYS_OPTIONAL, Collection, listings_from_metadata, paper_metadata
 
 if TYPE_CHECKING:
@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".ingest.lock"
 PAPER_BATCH = 256  # papers compared with the index per round trip
+MAX_TITLE_TOKENS = 64  # of a title embedded with each chunk: a quarter of MiniLM's window
+# Far beyond any real abstract (the bundled corpus: at most 2,700 characters): such a record
+# is cut and reported, instead of becoming thousands of chunks and a prompt of megabytes.
+MAX_ABSTRACT_CHARS = 100_000
+LONG_TITLE_CHARS = 500
 WRITE_BATCH = 2048  # chunks per Chroma write (below its max batch size)
 
 
@@ -58,10 +63,12 @@ class Chunk:
     count: int
     text: str
     content_hash: str
+    embed_title: str = ""
+    """The title as embedded with the chunk (empty: the whole title); cut when very long."""
 
     @property
     def embed_text(self) -> str:
-        return f"{self.paper.title}\n{self.text}"
+        return f"{self.embed_title or self.paper.title}\n{self.text}"
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -99,8 +106,23 @@ class Chunker:
             )
         return self._splitters[budget]
 
+    def title(self, paper: Paper) -> str:
+        """The title as embedded with each chunk: whole, or its first words up to
+        `MAX_TITLE_TOKENS`, so that a runaway title cannot crowd out the abstract."""
+        if self.count_tokens(paper.title) <= MAX_TITLE_TOKENS:
+            return paper.title
+        words = paper.title.split()
+        low, high = 0, len(words)  # the most words that fit
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.count_tokens(" ".join(words[:middle])) <= MAX_TITLE_TOKENS:
+                low = middle
+            else:
+                high = middle - 1
+        return " ".join(words[:low]) or paper.title[: MAX_TITLE_TOKENS * 2]
+
     def split(self, paper: Paper) -> list[str]:
-        title_tokens = self.count_tokens(paper.title) + 1  # the newline between title and text
+        title_tokens = self.count_tokens(self.title(paper)) + 1  # and the newline after it
         budget = max(32, self.max_tokens - title_tokens)
         if self.count_tokens(paper.abstract) <= budget:
             return [paper.abstract]
@@ -129,6 +151,8 @@ class IngestReport:
     resumed: list[str] = field(default_factory=list)
     """Files taken up where an interrupted ingest stopped ('FILE: line N')."""
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Records taken, but not as they were: cut, or replacing another with the same id."""
 
     def count(self, status: dict[str, str]) -> None:
         """Fill the paper counts from each paper's status in this run."""
@@ -195,6 +219,7 @@ class Reader:
         self.checkpoints, self.report = checkpoints, report
         self.reading: dict[str, FilePosition] = {}  # checkpoint key -> place in the file
         self.finished: list[str] = []
+        self.titles: dict[str, int] = {}  # paper id -> hash of its title, as read this run
 
     def papers(self) -> Iterator[Paper]:
         for path in self.files:
@@ -219,9 +244,34 @@ class Reader:
             elif self.keep and not self.keep.admits(item):
                 self.report.papers_filtered += 1
             else:
-                yield item
+                yield self._checked(path, item)
         if key:
             self.finished.append(key)
+
+    def _checked(self, path: Path, paper: Paper) -> Paper:
+        """`paper`, cut where it is far beyond any real one; a warning for what was changed,
+        and for an id seen before in this run with another title."""
+        warn = self.report.warnings.append
+        name = f"{path}: paper {paper.paper_id!r}"
+        if len(paper.abstract) > MAX_ABSTRACT_CHARS:
+            warn(
+                f"{name}: an abstract of {len(paper.abstract):,} characters is far beyond any "
+                f"real one; cut to {MAX_ABSTRACT_CHARS:,}"
+            )
+            paper = replace(paper, abstract=paper.abstract[:MAX_ABSTRACT_CHARS])
+        if len(paper.title) > LONG_TITLE_CHARS:
+            warn(
+                f"{name}: a title of {len(paper.title):,} characters; only its first "
+                f"{MAX_TITLE_TOKENS} word pieces are embedded with each chunk"
+            )
+        title = hash(normalise_title(paper.title))
+        if self.titles.setdefault(paper.paper_id, title) != title:
+            warn(
+                f"{name} appears again with another title ({paper.title[:80]!r}); the later "
+                "record replaces the earlier"
+            )
+            self.titles[paper.paper_id] = title
+        return paper
 
     def batch_written(self) -> None:
         """Everything read so far is in the index: move the checkpoints up."""
@@ -272,11 +322,7 @@ def ingest_files(
     last written batch ended.
     """
     report = IngestReport()
-    try:
-        files = expand_paths(list(paths))
-    except InputError as exc:
-        report.errors.append(str(exc))
-        files = []
+    files = expand_paths(list(paths), report.errors)  # an empty directory is one error
     reader = Reader(files, fields or Fields(), fmt, keep, Checkpoints(settings), report)
     return ingest_papers(
         reader.papers(),
@@ -402,8 +448,9 @@ class _Batch:
                 self.relisted[chunk["id"]] = {**meta, **dropped, **fresh}
             return "updated"
         texts = self.chunker.split(merged)
+        title = self.chunker.title(merged)
         chunks = [
-            Chunk(f"{paper.paper_id}#{i}", merged, i, len(texts), t, wanted)
+            Chunk(f"{paper.paper_id}#{i}", merged, i, len(texts), t, wanted, title)
             for i, t in enumerate(texts)
         ]
         self.to_embed.extend(chunks)

@@ -168,6 +168,8 @@ class LexicalIndex:
         question's own words (`QUESTION_WORDS`) left out. A real paper's score over it says how
         much of the query's subject it matches word for word."""
         model, ids = self.current()
+        if not ids:
+            return 0.0  # an empty collection: nothing to match
         counts = self._doc_freqs(model)
         vocab = getattr(model, "vocab_dict", None) or {}
         total = 0.0

@@ -176,6 +176,14 @@ class Settings(BaseSettings):
         default=3, ge=0, description="Retries of a failed LLM request (429, 5xx, connection)."
     )
 
+    source_chars: int = Field(
+        default=6000,
+        ge=500,
+        description=(
+            "Most characters of one paper's text given to the LLM (real abstracts: under "
+            "3,000); a longer text is cut, with a note saying so in the prompt."
+        ),
+    )
     verify: Literal["local", "llm"] = Field(
         default="local",
         description=(

@@ -25,13 +25,14 @@ from rag.answer import (
     Source,
     as_data,
     attribute,
+    capped,
     number_sources,
     quoted,
     resolve_citations,
     split_sentences,
     weigh_evidence,
 )
-from rag.claims import Checker, Claim, citation_numbers
+from rag.claims import CITATION, Checker, Claim, citation_numbers
 from rag.corpus import normalise_title
 from rag.embed import embed_cached
 from rag.errors import InputError
@@ -47,10 +48,11 @@ RELATIVE_MARGIN = 0.20  # a paper this far below the best evidence is not on the
 GROUP_SIMILARITY = 0.55  # extractive themes: a key sentence joins a theme this close to it
 NEAR_TITLE = 0.85  # difflib ratio at which a title is taken as meant
 CANDIDATE_TITLE = 0.40  # below this a title is not even offered as a candidate
-EXTRACTIVE_LABEL = (
-    "_Extractive overview (no LLM configured): the key sentence of each paper, grouped by "
-    "similarity._"
+EXTRACTIVE_OVERVIEW = (
+    "Extractive overview (no LLM configured): the key sentence of each paper, grouped by "
+    "similarity."
 )
+EXTRACTIVE_LABEL = f"_{EXTRACTIVE_OVERVIEW}_"
 Progress = Callable[[int, int], None]
 
 
@@ -76,7 +78,10 @@ class SummaryPaper:
 class Summary(Cited):
     topic: str
     summary: str
+    """The overview, then the reference list of the cited papers."""
     papers: list[SummaryPaper]
+    overview: str = ""
+    """The overview alone (what the claims' offsets point into)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -142,7 +147,7 @@ def finished(
     body = f"{text}\n\n{references(cited)}" if cited else text
     mode = "llm" if llm is not None else "extractive"
     summary = Summary(
-        topic, body, papers, mode=mode, citations=cited, dropped_citations=list(dropped)
+        topic, body, papers, text, mode=mode, citations=cited, dropped_citations=list(dropped)
     )
     summary.claims = claims
     return summary
@@ -159,30 +164,39 @@ def check_lines(papers: list[SummaryPaper], sources: Sequence[Source], embedder:
 
 
 def map_papers(
-    topic: str, sources: Sequence[Source], llm: LLM, workers: int, on_progress: Progress | None
+    topic: str,
+    sources: Sequence[Source],
+    llm: LLM,
+    settings: Settings,
+    on_progress: Progress | None,
 ) -> list[str]:
-    """Each paper's contribution to `topic`, one LLM call per paper, `workers` at a time."""
+    """Each paper's contribution to `topic`, one LLM call per paper, `llm_concurrency` at a time."""
     done = 0
 
     def one(source: Source) -> str:
         nonlocal done
         content = prompts.render(
-            "summary_map", topic=topic, title=source.title, abstract=source.body
+            "summary_map",
+            topic=topic,
+            title=as_data(source.title[:500]),
+            abstract=as_data(capped(source.body, settings.source_chars)),
         )
         text = " ".join(llm.complete([{"role": "user", "content": content}]).split())
         done += 1
         if on_progress:
             on_progress(done, len(sources))
-        text = re.sub(r"\s*\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]", "", text)  # no stray markers
+        text = CITATION.sub("", text)  # no stray markers
         return re.sub(r"\s+([.,;:])", r"\1", text).strip()
 
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(sources)))) as pool:
+    with ThreadPoolExecutor(
+        max_workers=max(1, min(settings.llm_concurrency, len(sources)))
+    ) as pool:
         return list(pool.map(one, sources))
 
 
 def llm_overview(topic: str, writing: Writing, llm: LLM, on_progress: Progress | None) -> Summary:
     sources, settings = writing.sources, writing.settings
-    lines = map_papers(topic, sources, llm, settings.llm_concurrency, on_progress)
+    lines = map_papers(topic, sources, llm, settings, on_progress)
     listing = "\n".join(
         f"[{s.n}] {as_data(s.title)}\n{as_data(line)}"
         for s, line in zip(sources, lines, strict=True)
@@ -235,7 +249,8 @@ def summarize_topic(
     sources = select_papers(topic, settings, retriever, embedder, max_papers)
     if not sources:
         mode = "llm" if llm else "extractive"
-        return Summary(topic, f"{NOT_COVERED}.", [], mode=mode, citations=[])
+        refused = f"{NOT_COVERED}."
+        return Summary(topic, refused, [], refused, mode=mode, citations=[])
     writing = Writing(sources, settings, embedder, llm)
     if llm is None:
         return extractive_overview(topic, writing)
@@ -301,7 +316,9 @@ def summarize_paper(
         text, dropped = extractive_paper(source), []
     else:
         content = prompts.render(
-            "summary_paper", title=as_data(source.title), abstract=as_data(source.body)
+            "summary_paper",
+            title=as_data(source.title[:500]),
+            abstract=as_data(capped(source.body, settings.source_chars)),
         )
         messages = [{"role": "user", "content": content}]
         text, _, dropped = resolve_citations(llm.complete(messages), [source])

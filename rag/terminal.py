@@ -1,50 +1,77 @@
 """Answers and summaries -> what a terminal shows: the text with a flag after each claim to
-check, the re-citations, and each cited paper with the quote that supports it."""
+check, the re-citations, and each cited paper with the quote that supports it. Text from models
+and abstracts reaches the terminal without control sequences (`printable`)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import click
 
-from rag.claims import Claim, flag, flagged
-
-CLOSEST_SHOWN = 3  # passages listed under an unsure refusal
-
 if TYPE_CHECKING:
     from rag.answer import Answer
+    from rag.claims import Claim
     from rag.summarize import Summary
+
+CLOSEST_SHOWN = 3  # passages listed under an unsure refusal
+# Terminal control sequences (CSI colours and cursor moves, OSC window titles and clipboard
+# writes, other escapes) and control characters but tab and newline, C1 ones included.
+CONTROL = re.compile(
+    r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.?)"
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+)
+
+
+def printable(text: str) -> str:
+    """`text` without terminal control sequences: a model's reply or an abstract must not
+    clear the screen, retitle the window or write to the clipboard (OSC 52)."""
+    return CONTROL.sub("", text)
+
+
+def say(text: str = "", err: bool = False, nl: bool = True) -> None:
+    click.echo(printable(text), err=err, nl=nl)
 
 
 def print_answer(answer: Answer, streamed: bool) -> None:
     """The answer (unless it was streamed) with a flag after each claim to check, its repairs,
     then each cited paper with the quote that supports the claims citing it."""
+    from rag.claims import flag, flagged
+
     if answer.note:
-        click.echo(f"[{answer.note}]\n", err=True)
+        say(f"[{answer.note}]\n", err=True)
     if streamed:
-        click.echo("\n")
+        say("\n")
         to_check = [(c, flag(c)) for c in answer.claims if flag(c)]
         if to_check:
-            click.echo("Claims to check:")
+            say("Claims to check:")
             for claim, note in to_check:
-                click.echo(f"  - {claim.text} {note}")
+                say(f"  - {claim.text} {note}")
     else:
-        click.echo(flagged(answer.answer, answer.claims))
+        say(flagged(answer.answer, answer.claims))
     print_repairs(answer.claims)
     if answer.citations:
-        click.echo("\nSources:")
+        say("\nSources:")
         for source in answer.citations:
             when = f" ({', '.join(source.dates)})" if source.dates else ""
-            click.echo(f"  [{source.n}] {source.title}{when}  {source.url}")
+            say(f"  [{source.n}] {source.title}{when}  {source.url}")
             if source.quote:
-                click.echo(f'      "{shorten(source.quote)}"')
+                say(f'      "{shorten(source.quote)}"')
     if answer.refused and answer.uncertain:
-        click.echo("\nClosest passages (they may not answer the question):")
+        say("\nClosest passages (they may not answer the question):")
         for source in answer.sources[:CLOSEST_SHOWN]:
-            click.echo(f"  [{source.n}] {source.title}  {source.url}")
-            click.echo(f'      "{shorten(source.question_quote)}"')
+            say(f"  [{source.n}] {source.title}  {source.url}")
+            say(f'      "{shorten(source.question_quote)}"')
     print_dropped(answer.dropped_citations, "sources")
+
+
+def print_summary(summary: Summary) -> None:
+    from rag.claims import flagged
+
+    say(flagged(summary.summary, summary.claims))
+    print_repairs(summary.claims)
+    print_dropped(summary.dropped_citations, "papers")
 
 
 def print_repairs(claims: Sequence[Claim]) -> None:
@@ -52,21 +79,15 @@ def print_repairs(claims: Sequence[Claim]) -> None:
         if claim.repaired_from is not None:
             was = "".join(f"[{n}]" for n in claim.repaired_from) or "no citation"
             now = "".join(f"[{n}]" for n in claim.citations)
-            click.echo(f"Re-cited ({was} -> {now}, which supports it): {claim.text}", err=True)
+            say(f"Re-cited ({was} -> {now}, which supports it): {claim.text}", err=True)
 
 
 def print_dropped(numbers: list[int], what: str) -> None:
     if numbers:
         listed = ", ".join(f"[{n}]" for n in numbers)
-        click.echo(f"\nDropped citations (not among the {what}): {listed}", err=True)
+        say(f"\nDropped citations (not among the {what}): {listed}", err=True)
 
 
 def shorten(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def print_summary(summary: Summary) -> None:
-    click.echo(flagged(summary.summary, summary.claims))
-    print_repairs(summary.claims)
-    print_dropped(summary.dropped_citations, "papers")

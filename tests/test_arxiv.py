@@ -322,8 +322,8 @@ def test_interrupted_ingest_resumes_at_its_checkpoint(
 def test_changed_file_starts_afresh_despite_a_checkpoint(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rag.corpus import FilePosition
     from rag.ingest import Checkpoints
+    from rag.reading import FilePosition
 
     snapshot = write_jsonl(tmp_path / "snap.json", [record(i) for i in TOPICS])
     checkpoints = Checkpoints(settings)

