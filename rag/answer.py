@@ -11,7 +11,6 @@ re-cited to it.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,14 +18,26 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rag import prompts
-from rag.claims import CITATION, MARKER_NUMBER, Claim, check_text, citation_numbers, tally
+from rag.claims import (
+    CITATION,
+    Claim,
+    check_text,
+    citation_numbers,
+    grounded,
+    resolve_citations,
+    tally,
+)
 from rag.corpus import SENTENCE_END
 from rag.embed import embed_cached
-from rag.errors import InputError, LLMError, LLMInterrupted
+from rag.errors import InputError
+from rag.generation import fit, fitted_call, generate, room
+from rag.judge import LLMJudge
+from rag.prompts import as_data
 from rag.support import spans_of
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
+    from rag.generation import Generated
     from rag.llm import LLM
     from rag.retrieve import PaperHit
     from rag.settings import Settings
@@ -39,6 +50,16 @@ EXTRACTIVE_NOTE = (
     "Extractive answer: quoted from the most relevant abstracts, no LLM configured. "
     "For written answers set OPENAI_API_KEY (and OPENAI_BASE_URL for a local "
     "OpenAI-compatible server such as Ollama) and RAG_LLM_MODEL."
+)
+CHOSEN_EXTRACTIVE_NOTE = "Extractive answer (--no-llm): quoted from the most relevant abstracts."
+UNGROUNDED_NOTE = (
+    "The model's answer was not grounded in the sources (too few of its claims are supported "
+    "by the papers they cite), so this is the extractive answer: the closest passages, quoted. "
+    "The model's text is kept as model_answer in JSON."
+)
+UNGROUNDED_REFUSAL_NOTE = (
+    "The sources only come close to this question, and the model's answer was not grounded in "
+    "them; the closest passages are listed. The model's text is kept as model_answer in JSON."
 )
 MAX_QUESTION_CHARS = 2000
 EXTRACTIVE_PAPERS = 3
@@ -145,6 +166,11 @@ class Answer(Cited):
     """Why the answer stopped early (the LLM stream broke off), else None."""
     coverage: Coverage | None = None
     """The evidence the sources give the question, and what it decided."""
+    truncated: str | None = None
+    """Why the model's answer was cut (its token limit, or it began repeating itself)."""
+    model_answer: str | None = None
+    """The model's own text when it was not grounded and the extractive answer (or the
+    refusal) replaced it."""
 
     @property
     def refused(self) -> bool:
@@ -175,6 +201,8 @@ class Answer(Cited):
             "dropped_citations": self.dropped_citations,
             "note": self.note,
             "interrupted": self.interrupted,
+            "truncated": self.truncated,
+            "model_answer": self.model_answer,
             "coverage": None if self.coverage is None else self.coverage.to_json(),
             **self.claims_json(),
         }
@@ -199,36 +227,6 @@ def number_sources(papers: Sequence[PaperHit]) -> list[Source]:
     ]
 
 
-def resolve_citations(text: str, sources: Sequence[Source]) -> tuple[str, list[Source], list[int]]:
-    """Keep `[n]` markers that name a source, drop the others from the text and report them.
-
-    Returns the cleaned text, the cited sources in order of first citation, and the dropped
-    numbers (each once, in order of appearance).
-    """
-    by_n = {s.n: s for s in sources}
-    cited: dict[int, Source] = {}
-    dropped: list[int] = []
-
-    def fix(match: re.Match[str]) -> str:
-        numbers = [int(x) for x in MARKER_NUMBER.findall(match.group(1))]
-        keep = [n for n in numbers if n in by_n]
-        for n in numbers:
-            if n in by_n:
-                cited.setdefault(n, by_n[n])
-            elif n not in dropped:
-                dropped.append(n)
-        return "".join(f"[{n}]" for n in keep)
-
-    cleaned = CITATION.sub(fix, text)
-    cleaned = re.sub(r"[ \t]+([.,;:])", r"\1", cleaned).strip()
-    return cleaned, list(cited.values()), dropped
-
-
-def as_data(text: str) -> str:
-    """Source text made unable to close or open our delimiters (`</source>`, `<sources>`)."""
-    return text.replace("<", "&lt;").replace(">", "&gt;")
-
-
 def quoted(text: str) -> str:
     """Abstract text for an answer: its own `[n]` markers become `(n)`, never citations."""
     return CITATION.sub(lambda m: f"({m.group(1)})", text)
@@ -251,16 +249,15 @@ def capped(text: str, limit: int) -> str:
     return f"{text[:limit]} [abstract cut: {len(text) - limit:,} more characters]"
 
 
-def build_messages(
-    question: str, sources: Sequence[Source], settings: Settings
-) -> list[dict[str, str]]:
+def build_messages(question: str, sources: Sequence[Source], chars: int) -> list[dict[str, str]]:
+    """The answer prompt over `sources`, each text cut at `chars` characters."""
     return [
         {"role": "system", "content": prompts.render("answer_system", refusal=NOT_COVERED)},
         {
             "role": "user",
             "content": prompts.render(
                 "answer_user",
-                sources=format_sources(sources, settings.source_chars),
+                sources=format_sources(sources, chars),
                 question=question,
             ),
         },
@@ -287,29 +284,57 @@ def llm_answer(
     settings: Settings,
     on_token: Callable[[str], None] | None = None,
 ) -> Answer:
-    """The LLM's answer over `sources`, streamed through `on_token` when given."""
-    messages = build_messages(question, sources, settings)
-    interrupted = None
-    if on_token is None:
-        raw = llm.complete(messages)
-    else:
-        parts: list[str] = []
-        try:
-            for delta in llm.stream(messages):
-                parts.append(delta)
-                on_token(delta)
-        except LLMInterrupted as exc:
-            # Keep what was shown, marked as cut short; the caller decides how loud to be.
-            interrupted = str(exc)
-        raw = "".join(parts)
-    text, cited, dropped = resolve_citations(raw, sources)
-    if not interrupted and (is_refusal(text) or not text):
-        return refusal(question, sources, "llm", dropped=dropped)
-    if interrupted:
-        text = f"{text}\n\n[{interrupted}]"
-    return Answer(
-        question, text, sources, interrupted, mode="llm", citations=cited, dropped_citations=dropped
+    """The LLM's answer over as many of `sources` as fit its context (the best ones), at most
+    `answer_tokens` long, streamed through `on_token` when given."""
+
+    def attempt() -> tuple[int, int, Generated]:
+        budget, max_tokens = room(llm, settings.answer_tokens)
+        fitted = fit(
+            lambda kept, chars: build_messages(question, sources[:kept], chars),
+            len(sources),
+            settings.source_chars,
+            budget,
+        )
+        reply = generate(
+            llm,
+            fitted.messages,
+            max_tokens,
+            what="answer",
+            setting="RAG_ANSWER_TOKENS",
+            on_token=on_token,
+        )
+        return fitted.kept, fitted.chars, reply
+
+    kept, chars, reply = fitted_call(llm, attempt)
+    text, cited, dropped = resolve_citations(reply.text, sources[:kept])
+    note = fitting_note(len(sources), kept, chars < settings.source_chars, llm.context_tokens)
+    if not reply.interrupted and (is_refusal(text) or not text):
+        return refusal(question, sources, "llm", note=note, dropped=dropped)
+    if reply.interrupted:
+        text = f"{text}\n\n[{reply.interrupted}]"
+    answer = Answer(
+        question,
+        text,
+        sources,
+        reply.interrupted,
+        mode="llm",
+        citations=cited,
+        dropped_citations=dropped,
+        note=note,
     )
+    answer.truncated = reply.truncated
+    return answer
+
+
+def fitting_note(total: int, kept: int, shortened: bool, context: int) -> str | None:
+    """What the model did not read of the sources, to fit its context."""
+    where = f"to fit the model's {context:,}-token context (RAG_LLM_CONTEXT_TOKENS)"
+    if kept < total:
+        read = f"[1]-[{kept}]" if kept > 1 else "[1]"
+        return f"The model read sources {read} of {total}; the others were left out {where}."
+    if shortened:
+        return f"The sources' texts were shortened {where}."
+    return None
 
 
 def split_sentences(text: str) -> list[str]:
@@ -338,7 +363,12 @@ def weigh_evidence(question: str, sources: Sequence[Source], embedder: Embedder)
     return max(s.evidence for s in sources if s.evidence is not None)
 
 
-def extractive_answer(question: str, sources: list[Source]) -> Answer:
+def extractive_note(settings: Settings) -> str:
+    """Why an answer is extractive: no LLM is configured, or the user asked for none."""
+    return CHOSEN_EXTRACTIVE_NOTE if settings.llm_configured else EXTRACTIVE_NOTE
+
+
+def extractive_answer(question: str, sources: list[Source], note: str | None) -> Answer:
     """The closest passage of each of the top papers, quoted and cited (after
     `weigh_evidence`)."""
     best = max(s.evidence or 0.0 for s in sources)
@@ -346,9 +376,7 @@ def extractive_answer(question: str, sources: list[Source]) -> Answer:
         s for s in sources[:EXTRACTIVE_PAPERS] if (s.evidence or 0.0) >= best - EXTRACTIVE_MARGIN
     ]
     text = "\n".join(f"- {quoted(s.question_quote)} [{s.n}]" for s in chosen)
-    return Answer(
-        question, text, sources, mode="extractive", citations=chosen, note=EXTRACTIVE_NOTE
-    )
+    return Answer(question, text, sources, mode="extractive", citations=chosen, note=note)
 
 
 def attribute(
@@ -372,61 +400,6 @@ def attribute(
     return text, claims
 
 
-# What the judge may say, most specific first, and the verdict each phrase gives.
-JUDGED_LABELS = (("not supported", "unsupported"), ("partial", "weak"), ("supported", "supported"))
-JUDGED_RANK = {"unsupported": 0, "weak": 1, "supported": 2}
-
-
-class LLMJudge:
-    """`RAG_VERIFY=llm`: one LLM call per answer judges every (claim, cited quote) pair as
-    supported, partial or not supported; its judgement replaces the local verdict. A reply it
-    cannot read, or a failed call, leaves the local verdicts."""
-
-    def __init__(self, llm: LLM) -> None:
-        self.llm = llm
-
-    def __call__(self, claims: list[Claim]) -> None:
-        from rag.claims import plain
-
-        pairs = [(c, e) for c in claims for e in c.evidence]
-        if not pairs:
-            return
-        listing = "\n".join(
-            f"{k}. Claim: {as_data(plain(c.text))}\n   Quote: {as_data(e.quote)}"
-            for k, (c, e) in enumerate(pairs, start=1)
-        )
-        content = prompts.render("verify", pairs=listing)
-        try:
-            reply = self.llm.complete([{"role": "user", "content": content}])
-        except LLMError as exc:
-            log.warning("the LLM could not judge the citations (%s); local verdicts kept", exc)
-            return
-        judged = self.parse(reply, len(pairs))
-        best: dict[int, str] = {}
-        for k, (claim, _) in enumerate(pairs, start=1):
-            if k in judged:
-                old = best.get(id(claim), "unsupported")
-                best[id(claim)] = max(old, judged[k], key=JUDGED_RANK.__getitem__)
-        for claim in claims:
-            if id(claim) in best:
-                claim.verdict = best[id(claim)]
-
-    @classmethod
-    def parse(cls, reply: str, count: int) -> dict[int, str]:
-        """Pair number -> verdict, for the lines of `reply` that say one."""
-        judged: dict[int, str] = {}
-        for line in reply.splitlines():
-            found = re.match(r"\s*(\d{1,4})\s*[:.)-]\s*(.+)", line)
-            if not found or not 1 <= int(found.group(1)) <= count:
-                continue
-            said = found.group(2).strip().lower()
-            for phrase, verdict in JUDGED_LABELS:
-                if said.startswith(phrase):
-                    judged[int(found.group(1))] = verdict
-                    break
-        return judged
-
-
 def answer_question(
     question: str,
     papers: Sequence[PaperHit],
@@ -445,7 +418,7 @@ def answer_question(
     """
     sources = number_sources(papers)
     mode = "llm" if llm is not None else "extractive"
-    note = None if llm is not None else EXTRACTIVE_NOTE
+    note = None if llm is not None else extractive_note(settings)
     evidence = weigh_evidence(question, sources, embedder) if sources else 0.0
     coverage = Coverage.of(evidence, settings)
     if coverage.decision == "refuse" or (coverage.decision == "uncertain" and llm is None):
@@ -455,13 +428,37 @@ def answer_question(
         answer.coverage = coverage
         return answer
     if llm is None:
-        answer = extractive_answer(question, sources)
+        answer = extractive_answer(question, sources, note)
     else:
         answer = llm_answer(question, sources, llm, settings, on_token)
     answer.coverage = coverage
     if answer.refused:
         return answer
+    checked(answer, embedder, settings, llm)
+    backed = grounded(c.verdict for c in answer.claims)
+    if llm is not None and not answer.interrupted and not backed:
+        return replace_ungrounded(answer, settings, embedder)
+    return answer
+
+
+def checked(answer: Answer, embedder: Embedder, settings: Settings, llm: LLM | None) -> None:
+    """`answer` checked claim by claim (`attribute`), its citations those of the checked text."""
+    sources = answer.sources
     answer.answer, answer.claims = attribute(answer.answer, sources, embedder, settings, llm)
     by_n = {s.n: s for s in sources}
     answer.citations = [by_n[n] for n in citation_numbers(answer.answer) if n in by_n]
-    return answer
+
+
+def replace_ungrounded(answer: Answer, settings: Settings, embedder: Embedder) -> Answer:
+    """The extractive answer in place of a model's answer its sources do not back (refused
+    when the sources only came close to the question); the model's text kept aside."""
+    question, sources = answer.question, answer.sources
+    if answer.uncertain:
+        fallback = refusal(question, sources, "llm", UNGROUNDED_REFUSAL_NOTE)
+    else:
+        fallback = extractive_answer(question, sources, UNGROUNDED_NOTE)
+        checked(fallback, embedder, settings, None)
+    fallback.coverage, fallback.model_answer = answer.coverage, answer.answer
+    fallback.dropped_citations = answer.dropped_citations
+    log.info("the model's answer was not grounded; replaced by the %s answer", fallback.mode)
+    return fallback

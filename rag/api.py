@@ -346,6 +346,13 @@ class EvalRun:
 
     metrics: dict[str, Any]
     summary: str
+    interrupted: bool = False
+    """The user stopped the run (Ctrl-C); what was answered is written all the same."""
+
+    @property
+    def stopped(self) -> str | None:
+        """Why the run stopped before its last question (None: it ran them all)."""
+        return self.metrics.get("stopped")
 
 
 def evaluate(
@@ -359,8 +366,9 @@ def evaluate(
     progress: bool = False,
     build_index: bool = False,
 ) -> EvalRun:
-    """Score the assistant on a question file; writes results, metrics and a report to `out`.
-    `build_index`: a first run, which may build the bundled corpus once the file is read."""
+    """Score the assistant on a question file; writes results, metrics and a report to `out`,
+    partial ones too when the run stops early (`EvalRun.stopped`). `build_index`: a first run,
+    which may build the bundled corpus once the file is read."""
     from rag.eval.questions import load_questions, question_metrics, run_questions
     from rag.eval.report import write_question_run
 
@@ -369,11 +377,11 @@ def evaluate(
     if build_index:
         ensure_index(settings, assistant.embedder, progress=progress)
     retrievers = {mode: assistant.retriever(mode=mode) for mode in modes or [settings.retriever]}
-    runs = run_questions(
+    run = run_questions(
         questions, retrievers, settings, assistant.embedder, assistant.llm, k, progress
     )
-    metrics = question_metrics(runs, k, settings, questions_file, no_llm)
-    return EvalRun(metrics, write_question_run(out, runs, metrics))
+    metrics = question_metrics(run, k, settings, questions_file, len(questions), no_llm)
+    return EvalRun(metrics, write_question_run(out, run.results, metrics), run.interrupted)
 
 
 def evaluate_beir(

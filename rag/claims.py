@@ -12,9 +12,9 @@ it; a claim no source supports is flagged, never re-cited.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from rag.embed import embed_cached
 from rag.support import ClaimText, Evidence, SourceText
@@ -26,6 +26,13 @@ CITATION = re.compile(r"\[\s*(-?\d{1,9}(?:\s*[,;]\s*-?\d{1,9})*)\s*\]")
 """A citation marker: [1], [1, 2], [1; 3]; [-1] is one too (no source has that number). A
 longer run of digits is no marker (and no crash: Python will not convert 5,000 digits)."""
 MARKER_NUMBER = re.compile(r"-?\d+")
+
+
+class Numbered(Protocol):
+    n: int
+
+
+S = TypeVar("S", bound=Numbered)
 
 BETTER_MIN = 0.5
 """Support another source must give a claim to be named its better source: the typical support
@@ -258,6 +265,72 @@ def rewrite(text: str, claims: Sequence[Claim]) -> str:
     return "".join(out)
 
 
+# A marker used as a name ("Source [7] shows", "as reported in [7]"): when it names no source,
+# dropping it alone would leave "Source  shows"; the words become a neutral stand-in instead.
+NOUN_STANDINS = {
+    "source": "a source",
+    "paper": "a paper",
+    "study": "a study",
+    "work": "a work",
+    "article": "an article",
+    "reference": "a reference",
+    "ref": "a reference",
+    "sources": "some sources",
+    "papers": "some papers",
+    "studies": "some studies",
+    "works": "some works",
+}
+NAMED_BY_MARKER = re.compile(
+    r"\b("
+    + "|".join(NOUN_STANDINS)
+    + r"|in|by|from|see|to|of|per)\s*"
+    + r"(\[\s*-?\d{1,9}(?:\s*[,;]\s*-?\d{1,9})*\s*\])",
+    re.IGNORECASE,
+)
+
+
+GIANT_MARKER = re.compile(r"\[\s*-?\d{10,}(?:\s*[,;]\s*-?\d+)*\s*\]")
+
+
+def resolve_citations(text: str, sources: Sequence[S]) -> tuple[str, list[S], list[int]]:
+    """Keep `[n]` markers that name a source, drop the others from the text and report them.
+
+    Returns the cleaned text, the cited sources in order of first citation, and the dropped
+    numbers (each once, in order of appearance).
+    """
+    by_n = {s.n: s for s in sources}
+    cited: dict[int, S] = {}
+    dropped: list[int] = []
+
+    def fix(match: re.Match[str]) -> str:
+        numbers = [int(x) for x in MARKER_NUMBER.findall(match.group(1))]
+        keep = [n for n in numbers if n in by_n]
+        for n in numbers:
+            if n in by_n:
+                cited.setdefault(n, by_n[n])
+            elif n not in dropped:
+                dropped.append(n)
+        return "".join(f"[{n}]" for n in keep)
+
+    def unnamed(match: re.Match[str]) -> str:
+        numbers = [int(x) for x in MARKER_NUMBER.findall(match.group(2))]
+        if any(n in by_n for n in numbers):
+            return match.group(0)
+        dropped.extend(n for n in numbers if n not in dropped)
+        word = match.group(1)
+        if word.lower() in NOUN_STANDINS:
+            standin = NOUN_STANDINS[word.lower()]
+            return standin[0].upper() + standin[1:] if word[0].isupper() else standin
+        return f"{word} one of the sources"
+
+    cleaned = GIANT_MARKER.sub("", text)  # no source has a ten-digit number
+    cleaned = NAMED_BY_MARKER.sub(unnamed, cleaned)
+    cleaned = CITATION.sub(fix, cleaned)
+    cleaned = re.sub(r"[ \t]+([.,;:])", r"\1", cleaned)
+    cleaned = re.sub(r"(?<=\S)[ \t]{2,}(?=\S)", " ", cleaned).strip()
+    return cleaned, list(cited.values()), dropped
+
+
 FLAGS = {
     "weak": "⚠ weakly supported by {cited}",
     "unsupported": "⚠ not supported by {cited}",
@@ -287,6 +360,15 @@ def flagged(text: str, claims: Sequence[Claim]) -> str:
             at = claim.end
     out.append(text[at:])
     return "".join(out)
+
+
+def grounded(verdicts: Iterable[str]) -> bool:
+    """Whether a text's citations carry it, from its claims' verdicts: some claim is supported
+    by a paper it cites, and at least half its claims have support (supported or weak). A
+    model that cites nothing, cites the wrong papers or invents its facts is not grounded."""
+    found = list(verdicts)
+    supported = found.count("supported")
+    return supported > 0 and 2 * (supported + found.count("weak")) >= len(found)
 
 
 def tally(claims: Sequence[Claim]) -> dict[str, int]:

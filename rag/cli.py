@@ -378,9 +378,11 @@ def evaluate(
         )
     if as_json:
         emit_json(run.metrics)
-        return
-    click.echo(run.summary)
-    click.echo(f"\nWrote {out}/: results.jsonl, metrics.json, report.md")
+    else:
+        click.echo(run.summary)
+        click.echo(f"\nWrote {out}/: results.jsonl, metrics.json, report.md")
+    if run.stopped:
+        fail(f"eval {run.stopped}; partial results in {out}/", 130 if run.interrupted else 1)
 
 
 @main.command(context_settings=CONTEXT)

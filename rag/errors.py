@@ -33,6 +33,15 @@ class LLMError(RagError):
 class LLMInterrupted(LLMError):
     """The answer stream broke off after some of it was shown; `partial` holds that part."""
 
-    def __init__(self, message: str, partial: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, partial: str, retryable: bool = False) -> None:
+        super().__init__(message, retryable)
         self.partial = partial
+
+
+class ContextTooLong(LLMError):
+    """The server refused a prompt longer than the model's context; `limit` is the context it
+    said it has (None when it did not say)."""
+
+    def __init__(self, message: str, limit: int | None) -> None:
+        super().__init__(message)
+        self.limit = limit

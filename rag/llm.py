@@ -15,11 +15,10 @@ import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, TypeVar
 
-from rag.errors import LLMError, LLMInterrupted
+from rag.errors import ContextTooLong, LLMError, LLMInterrupted
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,6 +29,18 @@ RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 BACKOFF_BASE = 0.5  # seconds before the first retry; doubles each time
 BACKOFF_CAP = 8.0
 T = TypeVar("T")
+# How servers say a prompt is longer than the context (OpenAI, vLLM, llama.cpp and its Python
+# server); the number they give is the context, when they give one.
+CONTEXT_ERROR = re.compile(
+    r"maximum context length|context (?:window|size|length)|exceeds? .*context|n_ctx",
+    re.IGNORECASE,
+)
+CONTEXT_NUMBER = re.compile(
+    r"(?:maximum context length is|context window of|context size of|n_ctx\W{0,3})\s*(\d{3,7})",
+    re.IGNORECASE,
+)
+# (base URL, model) -> the context its server said it has.
+LEARNED_CONTEXT: dict[tuple[str | None, str], int] = {}
 KEY_PREFIX = 8  # characters of the key that, starting it, are masked wherever they appear
 SECRET_LIKE = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_-]{6,}")
 
@@ -103,6 +114,11 @@ def _errors(settings: Settings, what: str) -> Iterator[None]:
     except openai.APIStatusError as exc:
         retryable = exc.status_code in RETRYABLE_STATUS
         detail = one_line(redact(_detail(exc), settings), 200)
+        if exc.status_code in (400, 413) and CONTEXT_ERROR.search(_detail(exc) + str(exc.body)):
+            raise ContextTooLong(
+                f"{where} refused {what}: the prompt is longer than the model's context ({detail})",
+                _context_limit(_detail(exc) + " " + str(exc.body)),
+            ) from None
         raise LLMError(
             f"{where} failed {what} (HTTP {exc.status_code}): {detail}",
             retryable,
@@ -162,18 +178,6 @@ def _final(exc: LLMError, attempts: int, settings: Settings, out_of_time: bool =
     return LLMError(f"{exc} (gave up after {attempts} attempt{plural}: {why})")
 
 
-@dataclass
-class Reply:
-    """A whole reply: its text and why it ended ("stop"; "length": cut at the token limit)."""
-
-    text: str
-    finish: str | None = None
-
-    @property
-    def truncated(self) -> bool:
-        return self.finish == "length"
-
-
 class Streamed:
     """The text of a reply as it arrives (iterate it); `finish` once it has ended."""
 
@@ -223,36 +227,66 @@ class LLM:
     def client(self) -> Any:
         return _client(self.settings)
 
-    def _create(self, messages: Sequence[Message], timeout: float) -> Any:
+    def _create(self, messages: Sequence[Message], timeout: float, max_tokens: int | None) -> Any:
+        options: dict[str, Any] = {"max_tokens": max_tokens} if max_tokens else {}
         return self.client.chat.completions.create(
             model=self.model,
             messages=list(messages),
             temperature=self.settings.llm_temperature,
             stream=True,
             timeout=max(timeout, 0.1),
+            **options,
+        )
+
+    @property
+    def context_tokens(self) -> int:
+        """The model's context: what its server said it is, else `llm_context_tokens`."""
+        learned = LEARNED_CONTEXT.get((self.settings.openai_base_url, self.model))
+        return learned or self.settings.llm_context_tokens
+
+    def learn_context(self, limit: int | None) -> None:
+        """After a prompt was refused as too long: believe the context the server said it has
+        when that is less than assumed, else (our estimate was short, or it did not say)
+        assume three quarters of it, for the rest of the process."""
+        key = (self.settings.openai_base_url, self.model)
+        current = self.context_tokens
+        smaller = limit if limit is not None and limit < current else current * 3 // 4
+        LEARNED_CONTEXT[key] = max(256, smaller)
+        log.warning(
+            "%s said the prompt was longer than the model's context: assuming %d tokens "
+            "(RAG_LLM_CONTEXT_TOKENS)",
+            self.settings.openai_base_url or "the OpenAI API",
+            LEARNED_CONTEXT[key],
         )
 
     def _late(self) -> str:
         where = self.settings.openai_base_url or "the OpenAI API"
         return (
             f"{where} took longer than the {self.settings.llm_timeout:g} s time-out "
-            "(RAG_LLM_TIMEOUT)"
+            "(RAG_LLM_TIMEOUT, counted from the request: prompt processing included)"
         )
 
-    def stream(self, messages: Sequence[Message]) -> Streamed:
+    def stream(
+        self, messages: Sequence[Message], max_tokens: int | None = None, what: str = "the answer"
+    ) -> Streamed:
         """Text deltas of the reply as they arrive (`finish` set at the end).
 
         Failures before the first token are retried like any request. A stream that breaks
         off (or ends without a finish, or runs past the deadline) after tokens were shown
         raises `LLMInterrupted`, so a truncated answer is never passed off as complete.
         """
-        return Streamed(self._deltas(messages))
+        return Streamed(self._deltas(messages, max_tokens, what))
 
-    def _deltas(self, messages: Sequence[Message]) -> Generator[str, None, str | None]:
+    def _deltas(
+        self, messages: Sequence[Message], max_tokens: int | None, what: str
+    ) -> Generator[str, None, str | None]:
         watch = _Watchdog(time.monotonic() + self.settings.llm_timeout)
+        opened: list[Any] = []
+        noun = what.removeprefix("the ")
 
         def first(timeout: float) -> tuple[Any, str, str | None]:
-            response = self._create(messages, timeout)
+            response = self._create(messages, timeout, max_tokens)
+            opened.append(response)
             watch.arm(response)
             for text, finish in self._events(response, watch):
                 if text or finish:
@@ -260,14 +294,12 @@ class LLM:
             raise ValueError("the stream ended without an answer")
 
         try:
-            response, shown, finish = with_retries(
-                self.settings, "the answer", first, watch.deadline
-            )
+            response, shown, finish = with_retries(self.settings, what, first, watch.deadline)
             if shown:
                 yield shown
             rest = [] if finish else self._events(response, watch)
             try:
-                with _errors(self.settings, "the answer"):
+                with _errors(self.settings, what):
                     for text, reason in rest:
                         if text:
                             shown += text
@@ -276,14 +308,17 @@ class LLM:
                             finish = reason
                             break
             except LLMError as exc:
-                raise LLMInterrupted(f"answer interrupted: {exc}", shown) from None
+                raise LLMInterrupted(f"{noun} interrupted: {exc}", shown, exc.retryable) from None
             if not finish:
                 raise LLMInterrupted(
-                    "answer interrupted: the stream ended before the answer did", shown
+                    f"{noun} interrupted: the stream ended before the {noun} did", shown, True
                 )
             return finish
         finally:
             watch.stop()
+            for response in opened:  # a reader that stopped early frees the server too
+                with contextlib.suppress(Exception):
+                    response.close()
 
     def _events(self, response: Any, watch: _Watchdog) -> Iterator[tuple[str, str | None]]:
         """(text, finish reason) of each event; the deadline's time-out when the watchdog
@@ -298,34 +333,16 @@ class LLM:
         if watch.fired:
             raise LLMError(self._late())
 
-    def reply(self, messages: Sequence[Message]) -> Reply:
-        """The whole reply, read as a stream; a reply that breaks off is retried whole."""
-        watch = _Watchdog(time.monotonic() + self.settings.llm_timeout)
 
-        def once(timeout: float) -> Reply:
-            response = self._create(messages, timeout)
-            watch.arm(response)
-            parts, finish = [], None
-            try:
-                for text, finish in self._events(response, watch):
-                    parts.append(text)
-                    if finish:
-                        break
-            finally:
-                with contextlib.suppress(Exception):
-                    response.close()
-            if not finish:
-                raise ValueError("the reply broke off before its end")
-            return Reply("".join(parts), finish)
+def _context_limit(text: str) -> int | None:
+    found = CONTEXT_NUMBER.search(text)
+    return int(found.group(1)) if found else None
 
-        try:
-            return with_retries(self.settings, "the answer", once, watch.deadline)
-        finally:
-            watch.stop()
 
-    def complete(self, messages: Sequence[Message]) -> str:
-        """The whole reply's text."""
-        return self.reply(messages).text
+def estimate_tokens(text: str) -> int:
+    """Tokens of `text` for a tokenizer we cannot see: an upper estimate (English runs about
+    four characters a token; three leaves room for numbers, names and other scripts)."""
+    return len(text) // 3 + 1
 
 
 def _delta(event: Any) -> tuple[str, str | None]:

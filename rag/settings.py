@@ -14,6 +14,18 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
+CONTEXT_HELP = (
+    "The model's context window in tokens: prompts are shrunk to fit it (fewer sources, then "
+    "shorter ones, less history). A server that says its limit ('maximum context length is N') "
+    "is believed for the rest of the process."
+)
+
+
+def budget(default: int, least: int, what: str) -> Any:
+    """A token budget of one kind of LLM call: the request's `max_tokens`."""
+    return Field(default=default, ge=least, description=f"Most tokens of {what} (max_tokens).")
+
+
 class Settings(BaseSettings):
     """Settings from `RAG_*` environment variables, a `.env` file, or keyword arguments.
 
@@ -175,6 +187,13 @@ class Settings(BaseSettings):
     llm_max_retries: int = Field(
         default=3, ge=0, description="Retries of a failed LLM request (429, 5xx, connection)."
     )
+    llm_context_tokens: int = Field(default=8192, ge=512, description=CONTEXT_HELP)
+    answer_tokens: int = budget(600, 16, "an answer")
+    rewrite_tokens: int = budget(80, 8, "a follow-up rewritten as a standalone question")
+    summary_map_tokens: int = budget(160, 16, "one paper's line in a topic summary")
+    summary_reduce_tokens: int = budget(900, 32, "a topic summary's overview")
+    paper_summary_tokens: int = budget(600, 32, "a one-paper summary")
+    verify_tokens: int = budget(300, 16, "the LLM judge's verdicts (RAG_VERIFY=llm)")
 
     source_chars: int = Field(
         default=6000,

@@ -23,23 +23,24 @@ from rag.answer import (
     NOT_COVERED,
     Cited,
     Source,
-    as_data,
     attribute,
     capped,
     number_sources,
     quoted,
-    resolve_citations,
     split_sentences,
     weigh_evidence,
 )
-from rag.claims import CITATION, Checker, Claim, citation_numbers
+from rag.claims import CITATION, Checker, Claim, citation_numbers, grounded, resolve_citations
 from rag.corpus import normalise_title
 from rag.embed import embed_cached
 from rag.errors import InputError
+from rag.generation import fit, fitted_call, generate, room
+from rag.prompts import as_data
 from rag.support import Evidence
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
+    from rag.generation import Generated
     from rag.llm import LLM
     from rag.retrieve import Retriever
     from rag.settings import Settings
@@ -48,11 +49,18 @@ RELATIVE_MARGIN = 0.20  # a paper this far below the best evidence is not on the
 GROUP_SIMILARITY = 0.55  # extractive themes: a key sentence joins a theme this close to it
 NEAR_TITLE = 0.85  # difflib ratio at which a title is taken as meant
 CANDIDATE_TITLE = 0.40  # below this a title is not even offered as a candidate
-EXTRACTIVE_OVERVIEW = (
-    "Extractive overview (no LLM configured): the key sentence of each paper, grouped by "
-    "similarity."
-)
+EXTRACTIVE_OVERVIEW = "Extractive overview: the key sentence of each paper, grouped by similarity."
 EXTRACTIVE_LABEL = f"_{EXTRACTIVE_OVERVIEW}_"
+NO_LLM_NOTE = (
+    "No LLM configured, so the summary quotes the abstracts. For written summaries set "
+    "OPENAI_API_KEY (and OPENAI_BASE_URL for a local server) and RAG_LLM_MODEL."
+)
+CHOSEN_NOTE = "Extractive summary (--no-llm): sentences quoted from the abstracts."
+UNGROUNDED_NOTE = (
+    "The model's summary was not grounded in the papers (too few of its claims are supported "
+    "by the papers they cite), so this is the extractive summary. The model's text is kept as "
+    "model_summary in JSON."
+)
 Progress = Callable[[int, int], None]
 
 
@@ -82,6 +90,8 @@ class Summary(Cited):
     papers: list[SummaryPaper]
     overview: str = ""
     """The overview alone (what the claims' offsets point into)."""
+    model_summary: str | None = None
+    """The model's text when it was not grounded and the extractive summary replaced it."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,6 +102,7 @@ class Summary(Cited):
             "papers": [p.to_json() for p in self.papers],
             "dropped_citations": self.dropped_citations,
             "note": self.note,
+            "model_summary": self.model_summary,
             **self.claims_json(),
         }
 
@@ -175,13 +186,10 @@ def map_papers(
 
     def one(source: Source) -> str:
         nonlocal done
-        content = prompts.render(
-            "summary_map",
-            topic=topic,
-            title=as_data(source.title[:500]),
-            abstract=as_data(capped(source.body, settings.source_chars)),
-        )
-        text = " ".join(llm.complete([{"role": "user", "content": content}]).split())
+
+        budget = (settings.summary_map_tokens, "RAG_SUMMARY_MAP_TOKENS")
+        reply = paper_call(llm, settings, source, "summary_map", "paper line", budget, topic=topic)
+        text = " ".join(reply.text.split())
         done += 1
         if on_progress:
             on_progress(done, len(sources))
@@ -197,19 +205,47 @@ def map_papers(
 def llm_overview(topic: str, writing: Writing, llm: LLM, on_progress: Progress | None) -> Summary:
     sources, settings = writing.sources, writing.settings
     lines = map_papers(topic, sources, llm, settings, on_progress)
-    listing = "\n".join(
-        f"[{s.n}] {as_data(s.title)}\n{as_data(line)}"
-        for s, line in zip(sources, lines, strict=True)
-    )
-    messages = [
-        {"role": "system", "content": prompts.render("summary_system")},
-        {"role": "user", "content": prompts.render("summary_reduce", topic=topic, papers=listing)},
-    ]
-    text, _, dropped = resolve_citations(llm.complete(messages), sources)
     papers = [
         SummaryPaper(s.n, s.paper_id, s.title, line) for s, line in zip(sources, lines, strict=True)
     ]
-    return finished(topic, text, papers, writing, dropped)
+    # A line its paper does not back is replaced by the paper's own key sentence before the
+    # overview is written from the lines.
+    check_lines(papers, sources, writing.embedder)
+    for paper, source in zip(papers, sources, strict=True):
+        if paper.verdict == "unsupported" or not paper.one_line:
+            paper.one_line = quoted(source.question_quote)
+
+    def build(kept: int, chars: int) -> list[dict[str, str]]:
+        listing = "\n".join(
+            f"[{s.n}] {as_data(s.title[:500])}\n{as_data(p.one_line[:chars])}"
+            for s, p in zip(sources[:kept], papers, strict=False)
+        )
+        user = prompts.render("summary_reduce", topic=topic, papers=listing)
+        return [
+            {"role": "system", "content": prompts.render("summary_system")},
+            {"role": "user", "content": user},
+        ]
+
+    def attempt() -> tuple[int, Generated]:
+        budget, max_tokens = room(llm, settings.summary_reduce_tokens)
+        fitted = fit(build, len(sources), settings.source_chars, budget)
+        what, setting = "overview", "RAG_SUMMARY_REDUCE_TOKENS"
+        return fitted.kept, generate(llm, fitted.messages, max_tokens, what=what, setting=setting)
+
+    kept, reply = fitted_call(llm, attempt)
+    text, _, dropped = resolve_citations(reply.text, sources[:kept])
+    summary = finished(topic, text, papers, writing, dropped)
+    summary.note = reply.truncated
+    return summary if grounded(c.verdict for c in summary.claims) else ungrounded(summary, writing)
+
+
+def ungrounded(summary: Summary, writing: Writing) -> Summary:
+    """The extractive summary in place of a model's summary its papers do not back."""
+    fallback = extractive_overview(
+        summary.topic, Writing(writing.sources, writing.settings, writing.embedder, None)
+    )
+    fallback.note, fallback.model_summary = UNGROUNDED_NOTE, summary.overview
+    return fallback
 
 
 def extractive_overview(topic: str, writing: Writing) -> Summary:
@@ -233,7 +269,14 @@ def extractive_overview(topic: str, writing: Writing) -> Summary:
             + "\n".join(f"- {quoted(sources[i].question_quote)} [{sources[i].n}]" for i in group)
         )
     papers = [SummaryPaper(s.n, s.paper_id, s.title, quoted(s.question_quote)) for s in sources]
-    return finished(topic, "\n\n".join(parts), papers, writing)
+    summary = finished(topic, "\n\n".join(parts), papers, writing)
+    summary.note = extractive_note(writing.settings)
+    return summary
+
+
+def extractive_note(settings: Settings) -> str:
+    """Why a summary is extractive: no LLM is configured, or the user asked for none."""
+    return CHOSEN_NOTE if settings.llm_configured else NO_LLM_NOTE
 
 
 def summarize_topic(
@@ -284,27 +327,123 @@ def find_paper(query: str, retriever: Retriever) -> Source:
     raise InputError(f"no paper titled {query!r} (and no id) in the collection")
 
 
-LIMITATION = re.compile(
-    r"\b(however|limit\w*|fail\w*|cannot|can't|only|struggl\w*|drawback\w*|future work)\b", re.I
+# Cue phrases of the parts of an abstract. A sentence is labelled by what it says it does
+# ("we propose", "outperforms"), not by a word that can appear anywhere ("only").
+PROBLEM_CUES = re.compile(
+    r"\b(challeng\w*|problem\w*|bottleneck\w*|remains?|lack\w*|suffer\w*|costly|expensive|"
+    r"difficult\w*|limited|struggl\w*|however|yet|despite|existing|prior|current(?:ly)?)\b",
+    re.IGNORECASE,
 )
-NUMBER = re.compile(r"\d")
+METHOD_CUES = re.compile(
+    r"\b(we (?:propose|present|introduce|develop|design|describe|build|train|study|formulate|"
+    r"use|leverage|adopt|show how)|(?:this|our) (?:paper|work|study) (?:proposes|presents|"
+    r"introduces)|in this (?:paper|work|study)|"
+    r"(?:our|the proposed) (?:method|approach|model|framework|system|technique)|"
+    r"called|dubbed|named|consists of|based on)\b",
+    re.IGNORECASE,
+)
+RESULT_CUES = re.compile(
+    r"\b(outperform\w*|achiev\w*|improv\w*|surpass\w*|results? (?:show|demonstrate|indicate)|"
+    r"experiments? (?:show|demonstrate)|we (?:show|find|demonstrate|observe)|state[- ]of[- ]the[- ]"
+    r"art|reduc\w*|speed\w*|gain\w*|accuracy|faster|better)\b|\d+(?:\.\d+)?\s*(?:%|x\b|\u00d7)",
+    re.IGNORECASE,
+)
+LIMITATION_PHRASES = (
+    r"limitation\w*",
+    "future work",
+    r"left (?:for|to) future",
+    r"remains? (?:an )?open",
+    "does not",
+    "do not",
+    "cannot",
+    r"fails? to",
+    r"not (?:yet )?(?:address|handle|cover)",
+    "restricted to",
+    "at the cost of",
+    r"trade-?off",
+    "caveat",
+)
+LIMITATION_CUES = re.compile(r"\b(" + "|".join(LIMITATION_PHRASES) + r")\b", re.IGNORECASE)
+
+
+OWN_WORK = re.compile(r"\b(we|our|us)\b", re.IGNORECASE)
+
+
+def abstract_parts(sentences: Sequence[str]) -> dict[str, list[str]]:
+    """An abstract's sentences by part: the problem is what comes before the first sentence
+    that says what the paper does, and what existing work cannot do when it is said after it;
+    results are sentences that report outcomes; limitations are sentences after the results (or
+    in the last third) that state one."""
+    method_at = next((i for i, s in enumerate(sentences) if METHOD_CUES.search(s)), None)
+    if method_at is None:  # no cue: the usual order, problem first
+        method_at = 1 if len(sentences) > 1 else 0
+    parts: dict[str, list[str]] = {"problem": [], "method": [], "results": [], "limitations": []}
+    late = max(method_at + 1, (2 * len(sentences)) // 3)
+    for i, sentence in enumerate(sentences):
+        if i < method_at:
+            parts["problem"].append(sentence)
+        elif (
+            method_at < i
+            and not parts["results"]
+            and not OWN_WORK.search(sentence)
+            and (PROBLEM_CUES.search(sentence) or LIMITATION_CUES.search(sentence))
+        ):  # what existing approaches cannot do, said after "we introduce"
+            parts["problem"].append(sentence)
+        elif (parts["results"] or i >= late) and LIMITATION_CUES.search(sentence):
+            parts["limitations"].append(sentence)
+        elif i > method_at and RESULT_CUES.search(sentence):
+            parts["results"].append(sentence)
+        elif i == method_at or not parts["results"]:
+            parts["method"].append(sentence)
+        else:
+            parts["results"].append(sentence)
+    if not parts["problem"] and method_at == 0 and PROBLEM_CUES.search(sentences[0]):
+        parts["problem"], parts["method"] = parts["method"][:1], parts["method"][1:]
+    return parts
 
 
 def extractive_paper(source: Source) -> str:
+    """A one-paper summary from the abstract's own sentences, labelled by part."""
     sentences = [quoted(s) for s in split_sentences(source.body) or [source.body]]
-    results = [s for s in sentences[1:] if NUMBER.search(s)][:3]
-    limits = [s for s in sentences if LIMITATION.search(s)][:2]
-    method = next((s for s in sentences[1:] if s not in results), "")
-    parts = [
-        "_Extractive summary (no LLM configured): sentences of the abstract._",
-        f"**Problem** {sentences[0]} [1]",
-        f"**Method** {method} [1]" if method else "",
-        "**Results** "
-        + (" ".join(results) + " [1]" if results else "_The abstract gives no numbers._"),
-        "**Limitations** "
-        + (" ".join(limits) + " [1]" if limits else "_The abstract states none._"),
-    ]
-    return "\n\n".join(p for p in parts if p)
+    parts = abstract_parts(sentences)
+    lines = ["_Extractive summary: sentences of the abstract._"]
+    for label, key, most, none in (
+        ("Problem", "problem", 2, ""),
+        ("Method", "method", 2, ""),
+        ("Results", "results", 3, "_The abstract reports no results._"),
+        ("Limitations", "limitations", 2, "_The abstract states none._"),
+    ):
+        chosen = parts[key][:most]
+        if chosen:
+            lines.append(f"**{label}** " + " ".join(chosen) + " [1]")
+        elif none:
+            lines.append(f"**{label}** {none}")
+    return "\n\n".join(lines)
+
+
+def paper_call(
+    llm: LLM,
+    settings: Settings,
+    source: Source,
+    template: str,
+    what: str,
+    budget: tuple[int, str],
+    **fields: str,
+) -> Generated:
+    """The model's reply to a one-paper prompt (title and abstract), the abstract shortened to
+    fit the model's context, within the token budget `(tokens, setting that sets it)`."""
+
+    def build(_: int, chars: int) -> list[dict[str, str]]:
+        title, abstract = as_data(source.title[:500]), as_data(capped(source.body, chars))
+        content = prompts.render(template, title=title, abstract=abstract, **fields)
+        return [{"role": "user", "content": content}]
+
+    def attempt() -> Generated:
+        prompt_room, max_tokens = room(llm, budget[0])
+        fitted = fit(build, 1, settings.source_chars, prompt_room)
+        return generate(llm, fitted.messages, max_tokens, what=what, setting=budget[1])
+
+    return fitted_call(llm, attempt)
 
 
 def summarize_paper(
@@ -312,17 +451,22 @@ def summarize_paper(
 ) -> Summary:
     source = find_paper(query, retriever)
     source.n = 1
-    if llm is None:
-        text, dropped = extractive_paper(source), []
-    else:
-        content = prompts.render(
-            "summary_paper",
-            title=as_data(source.title[:500]),
-            abstract=as_data(capped(source.body, settings.source_chars)),
-        )
-        messages = [{"role": "user", "content": content}]
-        text, _, dropped = resolve_citations(llm.complete(messages), [source])
     one_line = (split_sentences(source.body) or [source.body])[0]
     papers = [SummaryPaper(1, source.paper_id, source.title, one_line)]
     writing = Writing([source], settings, embedder, llm)
-    return finished(source.title, text, papers, writing, dropped)
+    if llm is None:
+        summary = finished(source.title, extractive_paper(source), papers, writing)
+        summary.note = extractive_note(settings)
+        return summary
+
+    budget = (settings.paper_summary_tokens, "RAG_PAPER_SUMMARY_TOKENS")
+    reply = paper_call(llm, settings, source, "summary_paper", "summary", budget)
+    text, _, dropped = resolve_citations(reply.text, [source])
+    summary = finished(source.title, text, papers, writing, dropped)
+    summary.note = reply.truncated
+    if grounded(c.verdict for c in summary.claims):
+        return summary
+    plain = Writing([source], settings, embedder, None)
+    fallback = finished(source.title, extractive_paper(source), papers, plain)
+    fallback.note, fallback.model_summary = UNGROUNDED_NOTE, summary.overview
+    return fallback

@@ -4,11 +4,12 @@ and abstracts reaches the terminal without control sequences (`printable`)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import click
+
+from rag.prompts import printable
 
 if TYPE_CHECKING:
     from rag.answer import Answer
@@ -16,18 +17,6 @@ if TYPE_CHECKING:
     from rag.summarize import Summary
 
 CLOSEST_SHOWN = 3  # passages listed under an unsure refusal
-# Terminal control sequences (CSI colours and cursor moves, OSC window titles and clipboard
-# writes, other escapes) and control characters but tab and newline, C1 ones included.
-CONTROL = re.compile(
-    r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.?)"
-    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
-)
-
-
-def printable(text: str) -> str:
-    """`text` without terminal control sequences: a model's reply or an abstract must not
-    clear the screen, retitle the window or write to the clipboard (OSC 52)."""
-    return CONTROL.sub("", text)
 
 
 def say(text: str = "", err: bool = False, nl: bool = True) -> None:
@@ -39,6 +28,9 @@ def print_answer(answer: Answer, streamed: bool) -> None:
     then each cited paper with the quote that supports the claims citing it."""
     from rag.claims import flag, flagged
 
+    if streamed and answer.model_answer is not None:
+        say("\n")
+        streamed = False  # the model's streamed text was replaced: show what replaced it
     if answer.note:
         say(f"[{answer.note}]\n", err=True)
     if streamed:
@@ -64,11 +56,15 @@ def print_answer(answer: Answer, streamed: bool) -> None:
             say(f"  [{source.n}] {source.title}  {source.url}")
             say(f'      "{shorten(source.question_quote)}"')
     print_dropped(answer.dropped_citations, "sources")
+    if answer.truncated:
+        say(f"\n[{answer.truncated}]", err=True)
 
 
 def print_summary(summary: Summary) -> None:
     from rag.claims import flagged
 
+    if summary.note:
+        say(f"[{summary.note}]\n", err=True)
     say(flagged(summary.summary, summary.claims))
     print_repairs(summary.claims)
     print_dropped(summary.dropped_citations, "papers")

@@ -55,6 +55,10 @@ HITS = [
 ]
 
 
+# A reply the sources support: an ungrounded one is replaced by the extractive answer (issue 16).
+GOOD = "Pointer networks use attention as a pointer to select input positions [1]."
+
+
 def llm_settings(fake: FakeLLM, **extra: object) -> Settings:
     values: dict = {
         "openai_api_key": "sk-test-123456",
@@ -210,14 +214,14 @@ def test_server_error_becomes_one_readable_llm_error(fake_llm: FakeLLM) -> None:
 
 
 def test_retries_then_succeeds(fake_llm: FakeLLM) -> None:
-    fake_llm.reply(Fault(503), Fault(503), "Fine [1].")
+    fake_llm.reply(Fault(503), Fault(503), GOOD)
     answer = api.ask(
         "Pointer?",
         llm_settings(fake_llm, llm_max_retries=2),
         retriever=FixedRetriever(HITS),
         embedder=HashEmbedder(),
     )
-    assert answer.answer == "Fine [1]." and len(fake_llm.chat_requests()) == 3
+    assert answer.answer == GOOD and len(fake_llm.chat_requests()) == 3
 
 
 @pytest.mark.parametrize("question", ["", "   ", "\x00\x07\n"])
@@ -232,12 +236,12 @@ def test_is_refusal_tolerates_spacing_and_case() -> None:
 
 
 def test_a_100_kb_question_with_control_characters_is_cleaned_and_cut(fake_llm: FakeLLM) -> None:
-    fake_llm.reply("Pointer networks [1].")
+    fake_llm.reply(GOOD)
     question = "Which network uses attention\x00 as a\x1b[31m pointer? " + "x" * 100_000
     answer = api.ask(
         question, llm_settings(fake_llm), retriever=FixedRetriever(HITS), embedder=HashEmbedder()
     )
-    assert answer.answer == "Pointer networks [1]."
+    assert answer.answer == GOOD
     (request,) = fake_llm.chat_requests()
     sent = request["body"]["messages"][-1]["content"].split("Question: ", 1)[1]
     assert len(sent) <= 2000 and "\x00" not in sent and "\x1b" not in sent

@@ -25,6 +25,11 @@ DATA = Path(__file__).parent / "data"
 LMUL = "Addition is All You Need for Energy-efficient Language Models"
 LION = "Symbolic Discovery of Optimization Algorithms"
 POINTER = "Pointer Networks"
+# A supported first claim keeps an answer grounded, so the claim under test stays in it instead of
+# the whole answer being replaced by the extractive one (issue 16).
+GROUNDED = (
+    "Pointer networks use attention as a pointer to select a member of the input sequence [1]. "
+)
 
 
 @cache
@@ -189,9 +194,12 @@ def test_a_claim_cited_to_the_wrong_paper_is_recited_to_the_one_that_says_it(
 
 
 def test_a_claim_no_source_supports_is_flagged_and_never_recited(fake_llm: FakeLLM) -> None:
-    text = "The method was validated on Google's Sycamore quantum processor with 53 qubits [3]."
+    text = (
+        GROUNDED
+        + "The method was validated on Google's Sycamore quantum processor with 53 qubits [3]."
+    )
     answer = ask(fake_llm, text)
-    (claim,) = answer.claims
+    claim = answer.claims[1]
     assert claim.verdict == "unsupported" and claim.better_source is None
     assert claim.repaired_from is None and answer.answer == text
     assert "(⚠ not supported by [3])" in flagged(answer.answer, answer.claims)
@@ -199,9 +207,11 @@ def test_a_claim_no_source_supports_is_flagged_and_never_recited(fake_llm: FakeL
 
 
 def test_without_repair_a_better_source_is_named_but_not_used(fake_llm: FakeLLM) -> None:
-    text = "Lion keeps track of only the momentum, so it uses less memory than Adam [1]."
+    text = GROUNDED + (
+        "Lion keeps track of only the momentum, so it uses less memory than Adam [1]."
+    )
     answer = ask(fake_llm, text, citation_repair=False)
-    (claim,) = answer.claims
+    claim = answer.claims[1]
     assert claim.verdict == "unsupported" and claim.better_source == 2
     assert answer.answer == text and answer.repairs == []
     assert "[2] supports it" in flagged(answer.answer, answer.claims)
@@ -220,20 +230,20 @@ def test_an_uncited_claim_gets_the_source_that_supports_it(fake_llm: FakeLLM) ->
 def test_a_number_the_abstract_never_states_makes_the_claim_weak(fake_llm: FakeLLM) -> None:
     answer = ask(
         fake_llm,
-        "Applying L-Mul in tensor processing hardware can reduce 60% of the energy cost of "
-        "element-wise floating point tensor multiplications [3].",
+        GROUNDED + "Applying L-Mul in tensor processing hardware can reduce 60% of the energy cost "
+        "of element-wise floating point tensor multiplications [3].",
     )
-    (claim,) = answer.claims
+    claim = answer.claims[1]
     assert claim.verdict == "weak" and claim.evidence[0].missing_numbers == ["60"]
     assert "95% energy cost" in claim.evidence[0].quote
-    assert answer.to_json()["claims"][0]["evidence"][0]["missing_numbers"] == ["60"]
+    assert answer.to_json()["claims"][1]["evidence"][0]["missing_numbers"] == ["60"]
 
 
 def test_the_llm_judge_overrides_local_verdicts_and_a_garbled_reply_changes_nothing(
     fake_llm: FakeLLM,
 ) -> None:
-    claim = "L-Mul approximates floating point multiplication with integer addition [3]."
-    fake_llm.reply(claim, "1: not supported")
+    claim = GROUNDED + "L-Mul approximates floating point multiplication with integer addition [3]."
+    fake_llm.reply(claim, "1: supported\n2: not supported")
     settings = Settings(
         openai_api_key="sk-claims",
         openai_base_url=fake_llm.base_url,
@@ -246,9 +256,9 @@ def test_the_llm_judge_overrides_local_verdicts_and_a_garbled_reply_changes_noth
         retriever=FixedRetriever([POINTER, LION, LMUL]),
         embedder=minilm(),
     )
-    assert answer.claims[0].verdict == "unsupported"
+    assert answer.claims[1].verdict == "unsupported"
     judge = fake_llm.chat_requests()[-1]["body"]["messages"][-1]["content"]
-    assert "1. Claim: L-Mul approximates" in judge and "Quote:" in judge
+    assert "2. Claim: L-Mul approximates" in judge and "Quote:" in judge
     fake_llm.reply(claim, "I think these all look fine to me!")
     answer = api.ask(
         "How does L-Mul work?",
@@ -256,7 +266,7 @@ def test_the_llm_judge_overrides_local_verdicts_and_a_garbled_reply_changes_noth
         retriever=FixedRetriever([POINTER, LION, LMUL]),
         embedder=minilm(),
     )
-    assert answer.claims[0].verdict == "supported"
+    assert answer.claims[1].verdict == "supported"
 
 
 # ---------------------------------------------------------------- end to end

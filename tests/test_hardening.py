@@ -191,7 +191,10 @@ def test_a_reply_trickling_tokens_stops_at_the_deadline(
     elapsed = time.monotonic() - start
     assert result.returncode == 1 and elapsed < 5 + 8  # the deadline, plus start-up
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("rag: error: ") and "5 s time-out (RAG_LLM_TIMEOUT)" in last
+    assert (
+        last.startswith("rag: error: ")
+        and "5 s time-out (RAG_LLM_TIMEOUT, counted from the request" in last
+    )
 
 
 def test_a_key_echoed_in_an_error_body_is_masked_before_the_body_is_cut(
@@ -288,11 +291,17 @@ def test_giant_and_negative_markers_are_dropped_like_unknown_ones(
     tmp_path: Path, fake_llm: FakeLLM
 ) -> None:
     _, env = small_index(tmp_path)
-    fake_llm.reply("Lion keeps only the momentum [1][" + "9" * 5000 + "][-1].")
-    result = run_rag("ask", "sign momentum optimisers", "--json", env={**env, **llm_env(fake_llm)})
+    fake_llm.reply(
+        "The sign-based optimiser keeps only the momentum, so it uses less memory than AdamW [1]["
+        + "9" * 5000
+        + "][-1]."
+    )
+    env = {**env, **llm_env(fake_llm), "RAG_ANSWER_TOKENS": "2000"}  # room for 5,000 digits
+    result = run_rag("ask", "sign momentum optimisers", "--json", env=env)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert -1 in data["dropped_citations"] and "[-1]" not in data["answer"]
+    assert "999" not in data["answer"] and data["answer"].endswith("AdamW [1].")
     assert "Traceback" not in result.stderr
 
 
@@ -304,12 +313,15 @@ def test_terminal_control_sequences_from_a_model_never_reach_the_terminal(
         "\x1b[2J\x1b[H"  # clear the screen
         "\x1b]0;pwned\x07"  # retitle the window
         "\x1b]52;c;ZWNobyBoaQ==\x07"  # write the clipboard (OSC 52)
-        "Lion keeps only the momentum [1].\x9b31m\r"
+        "The sign-based optimiser keeps only the momentum, so it uses less memory than AdamW [1].\x9b31m\r"
     )
     fake_llm.reply(nasty)
     result = run_rag("ask", "sign momentum optimisers", env={**env, **llm_env(fake_llm)})
     assert result.returncode == 0, result.stderr
-    assert "Lion keeps only the momentum [1]." in result.stdout
+    assert (
+        "The sign-based optimiser keeps only the momentum, so it uses less memory than AdamW [1]."
+        in result.stdout
+    )
     for sequence in ("\x1b", "\x07", "\x9b", "\r"):
         assert sequence not in result.stdout and sequence not in result.stderr
 
@@ -372,6 +384,9 @@ def test_the_chat_api_gives_the_message_the_chat_shows(tmp_path: Path, fake_llm:
         with pytest.raises(Exception, match=r"HTTP 400\): model not loaded") as info:
             client.predict("Which optimiser keeps only the momentum?", api_name="/chat")
         assert "upstream Gradio app has raised an exception" not in str(info.value)
+        cli = run_rag("ask", "Which optimiser keeps only the momentum?", env=env)
+        (line,) = cli.stderr.strip().splitlines()  # the same failure, the same words
+        assert cli.returncode != 0 and line.removeprefix("rag: error: ") == str(info.value)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -14,6 +14,7 @@ from rag.settings import PROJECT_ROOT
 LAYERS: list[set[str]] = [
     {"rag", "rag.settings", "rag.errors", "rag.limits"},
     {"rag.prompts", "rag.llm"},  # templates, and the one module that talks to an LLM endpoint
+    {"rag.generation"},
     {"rag.reading"},
     {"rag.corpus"},
     {"rag.filters"},
@@ -32,6 +33,7 @@ LAYERS: list[set[str]] = [
     {"rag.ingest", "rag.retrieve"},
     {"rag.support"},
     {"rag.claims"},
+    {"rag.judge"},
     {"rag.conversation", "rag.answer"},
     {"rag.summarize"},
     {"rag.eval", "rag.eval.metrics", "rag.eval.questions", "rag.eval.beir", "rag.eval.report"},

@@ -63,14 +63,18 @@ def test_two_failures_then_success_is_one_answer_after_three_requests(
 
 
 def test_retry_after_is_honoured(fake_llm: FakeLLM) -> None:
-    fake_llm.reply(Fault(429, headers={"Retry-After": "1"}), "Fine [1].")
+    fake_llm.reply(
+        Fault(429, headers={"Retry-After": "1"}), "Pointer networks use attention as a pointer [1]."
+    )
     ask(settings_for(fake_llm.base_url))
     first, second = fake_llm.chat_requests()
     assert second["time"] - first["time"] >= 1.0
 
 
 def test_backoff_grows_between_retries(fake_llm: FakeLLM) -> None:
-    fake_llm.reply(Fault(503), Fault(503), Fault(503), "Fine [1].")
+    fake_llm.reply(
+        Fault(503), Fault(503), Fault(503), "Pointer networks use attention as a pointer [1]."
+    )
     ask(settings_for(fake_llm.base_url))
     times = [r["time"] for r in fake_llm.chat_requests()]
     gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -125,9 +129,12 @@ def test_a_stream_cut_mid_answer_keeps_the_text_and_says_it_was_interrupted(
 
 
 def test_a_stream_that_fails_before_any_token_is_retried(fake_llm: FakeLLM) -> None:
-    fake_llm.reply(Cut(""), "Pointer networks point [1].")
+    fake_llm.reply(Cut(""), "Pointer networks use attention as a pointer [1].")
     answer = ask(settings_for(fake_llm.base_url), stream=True)
-    assert answer.interrupted is None and answer.answer == "Pointer networks point [1]."
+    assert (
+        answer.interrupted is None
+        and answer.answer == "Pointer networks use attention as a pointer [1]."
+    )
     assert len(fake_llm.chat_requests()) == 2
 
 

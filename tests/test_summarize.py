@@ -29,15 +29,22 @@ def llm_settings(settings: Settings, fake: FakeLLM) -> Settings:
     )
 
 
+def first_sentence(text: str) -> str:
+    return re.split(r"(?<=[.!?])\s+", text.strip(), maxsplit=1)[0].rstrip(".")
+
+
 def summary_llm(body: dict[str, Any]) -> str:
+    """Map: the abstract's first sentence with a stray [7]. Reduce: the papers' own lines, cited,
+    plus a [99] that names no paper: grounded text, so the overview is kept."""
     prompt = body["messages"][-1]["content"]
     if MAP_MARK in prompt:
-        title = re.search(r"Title: (.*)", prompt).group(1)
-        return f"Contribution of {title} [7]."  # a stray marker the map step must not keep
-    numbers = re.findall(r"^\[(\d+)\] ", prompt, flags=re.M)
+        abstract = re.search(r"Abstract: (.*)", prompt).group(1)
+        return f"{first_sentence(abstract)} [7]."  # a stray marker the map step must not keep
+    lines = re.findall(r"^\[(\d+)\] .*\n(.*)$", prompt, flags=re.M)
+    (n0, line0), (n1, line1) = lines[0], lines[1]
     return (
-        f"The papers build datasets [{numbers[0]}]. **Benchmarks** compare methods "
-        f"[{numbers[1]}][99]. **Open problems** remain [{numbers[0]}]."
+        f"{line0.rstrip('.')} [{n0}]. **Benchmarks** {line1.rstrip('.')} [{n1}][99]. "
+        f"**Open problems** {line0.rstrip('.')} [{n0}]."
     )
 
 
@@ -61,12 +68,12 @@ def test_map_reduce_carries_the_abstracts_and_cites_the_right_titles(
             if f"Title: {paper.title}\n" in m["body"]["messages"][-1]["content"]
         )
         assert f"Abstract: {full.text}" in prompt  # the whole abstract, not a snippet
-        assert paper.one_line == f"Contribution of {paper.title}."  # stray [7] removed
+        assert paper.one_line == first_sentence(full.text) + "."  # stray [7] removed
     assert fake_llm.max_in_flight >= 2
 
     reduce = fake_llm.chat_requests()[-1]["body"]["messages"]
     for paper in summary.papers:
-        assert f"[{paper.n}] {paper.title}\nContribution of {paper.title}." in reduce[-1]["content"]
+        assert f"[{paper.n}] {paper.title}\n{paper.one_line}" in reduce[-1]["content"]
     by_n = {p.n: p.title for p in summary.papers}
     assert [(c.n, c.title) for c in summary.citations] == [(1, by_n[1]), (2, by_n[2])]
     assert summary.dropped_citations == [99] and "[99]" not in summary.summary
@@ -127,13 +134,16 @@ def test_paper_summary_by_exact_or_near_title(
     assert data["citations"] == [
         {"n": 1, "paper_id": data["papers"][0]["paper_id"], "title": title, "url": paper_url(title)}
     ]
-    assert "**Problem**" in data["summary"] and "**Limitations**" in data["summary"]
+    assert "**Method**" in data["summary"] and "**Limitations**" in data["summary"]
 
 
 def test_paper_summary_through_the_llm(corpus_settings: Settings, fake_llm: FakeLLM) -> None:
     fake_llm.reply(
-        "**Problem** Sorting [1]. **Method** Pointers [1][2]. **Results** 3 [1]. "
-        "**Limitations** None stated [1]."
+        "**Problem** Existing sequence models cannot handle output dictionaries whose size "
+        "depends on the input [1]. **Method** Pointer networks use attention as a pointer to "
+        "select a member of the input sequence as the output [1][2]. **Results** They learn "
+        "approximate solutions to convex hulls, Delaunay triangulations and the travelling "
+        "salesman problem [1]. **Limitations** None stated [1]."
     )
     summary = api.summarize_paper("Pointer Networks", llm_settings(corpus_settings, fake_llm))
     (request,) = fake_llm.chat_requests()

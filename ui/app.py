@@ -138,8 +138,14 @@ def answer_text(answer: Answer) -> str:
     """The answer as the chat shows it: as text, a flag after each claim its citations do not
     support."""
     text = as_text(flagged(answer.answer, answer.claims))
-    if answer.mode == "extractive" and not answer.refused:
+    if answer.model_answer is not None and answer.note:
+        text = f"_{as_text(answer.note)}_\n\n{text}"  # why the model's answer was replaced
+    elif answer.mode == "extractive" and not answer.refused:
         text = f"_Extractive answer (quoted from the abstracts):_\n\n{text}"
+    elif answer.note:
+        text += f"\n\n_{as_text(answer.note)}_"
+    if answer.truncated:
+        text += f"\n\n_({as_text(answer.truncated)})_"
     return text
 
 
@@ -147,6 +153,10 @@ def api_text(answer: Answer) -> str:
     """What `/chat` returns: the answer (claims to check flagged), then its cited sources by
     number and title."""
     lines = [flagged(answer.answer, answer.claims)]
+    if answer.model_answer is not None and answer.note:
+        lines.insert(0, f"({answer.note})\n")
+    if answer.truncated:
+        lines.append(f"\n({answer.truncated})")
     if answer.citations:
         lines += ["", "Sources:"] + [f"[{s.n}] {s.title}" for s in answer.citations]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rag import limits
+from rag.claims import grounded
 from rag.corpus import normalise_title
 from rag.errors import InputError, LLMError
 from rag.eval import progress_bar
@@ -120,6 +121,10 @@ class Result:
     coverage: dict[str, Any] | None = None
     """The evidence the sources gave the question and the decision (answer, uncertain,
     refuse) it led to before the answer was written."""
+    truncated: str | None = None
+    """Why the model's answer was cut (its token limit, repetition)."""
+    model_answer: str | None = None
+    """The model's text when it was not grounded and was replaced (extractive or refusal)."""
 
 
 def score_result(result: Result, facts: Sequence[str], k: int) -> dict[str, float | None]:
@@ -155,7 +160,7 @@ def answer_one(
     start = time.perf_counter()
     text = clean_question(question.question)
     papers = retriever.search(text, max(k, settings.top_k))
-    error, claims, coverage = None, [], None
+    error, claims, coverage, truncated, model_answer = None, [], None, None, None
     try:
         sources = papers[: settings.top_k]
         retriever.attach_texts(sources)
@@ -164,6 +169,7 @@ def answer_one(
         citations = [s.title for s in answer.citations]
         claims = [claim_record(c) for c in answer.claims]
         coverage = answer.coverage.to_json() if answer.coverage else None
+        truncated, model_answer = answer.truncated, answer.model_answer
     except LLMError as exc:
         reply, mode, refused, citations, error = "", "error", False, [], str(exc)
     latency = time.perf_counter() - start
@@ -183,6 +189,8 @@ def answer_one(
         error,
         claims,
         coverage,
+        truncated,
+        model_answer,
     )
     result.scores = score_result(result, question.facts, k)
     return result
@@ -201,6 +209,17 @@ def claim_record(claim: Claim) -> dict[str, Any]:
     }
 
 
+@dataclass
+class QuestionRun:
+    """Results by retriever mode, in question order, and why the run stopped early (None: it
+    ran every question)."""
+
+    results: dict[str, list[Result]]
+    stopped: str | None = None
+    interrupted: bool = False
+    """Stopped by the user (Ctrl-C) rather than by failures."""
+
+
 def run_questions(
     questions: Sequence[Question],
     retrievers: Mapping[str, Retriever],
@@ -209,23 +228,40 @@ def run_questions(
     llm: LLM | None,
     k: int = limits.EVAL_K,
     progress: bool = False,
-) -> dict[str, list[Result]]:
-    """Every question through every retriever (by mode name): results by mode, in question
-    order. Three LLM failures in a row end the run (the endpoint is down, not flaky)."""
-    runs: dict[str, list[Result]] = {}
+) -> QuestionRun:
+    """Every question through every retriever (by mode name). A failed answer is recorded
+    (`Result.error`) and the run goes on; `MAX_CONSECUTIVE_ERRORS` failures in a row (the
+    endpoint is down, not flaky) or Ctrl-C stop it, keeping what was answered."""
+    run = QuestionRun({})
     for mode, retriever in retrievers.items():
-        results: list[Result] = []
+        results = run.results.setdefault(mode, [])
         failures = 0
-        for question in progress_bar(questions, f"eval {mode}", progress):
-            result = answer_one(question, retriever, mode, settings, embedder, llm, k)
-            failures = failures + 1 if result.error else 0
-            if failures >= MAX_CONSECUTIVE_ERRORS:
-                raise LLMError(
-                    f"giving up after {failures} failed questions in a row: {result.error}"
-                )
-            results.append(result)
-        runs[mode] = results
-    return runs
+        try:
+            for question in progress_bar(questions, f"eval {mode}", progress):
+                result = answer_one(question, retriever, mode, settings, embedder, llm, k)
+                results.append(result)
+                failures = failures + 1 if result.error else 0
+                if failures >= MAX_CONSECUTIVE_ERRORS:
+                    run.stopped = (
+                        f"stopped after {failures} failed questions in a row "
+                        f"({len(results)} of {len(questions)} run): {result.error}"
+                    )
+                    return run
+        except KeyboardInterrupt:
+            run.stopped = f"interrupted ({len(results)} of {len(questions)} questions run)"
+            run.interrupted = True
+            return run
+    return run
+
+
+def failure_reasons(results: Sequence[Result]) -> dict[str, int]:
+    """Why answers failed, each reason with how many questions it failed."""
+    reasons: dict[str, int] = {}
+    for result in results:
+        if result.error:
+            reason = result.error if len(result.error) <= 200 else result.error[:199] + "…"
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return dict(sorted(reasons.items(), key=lambda item: -item[1]))
 
 
 METRICS = (
@@ -270,8 +306,23 @@ def summarise(results: Sequence[Result], k: int) -> dict[str, Any]:
         },
         "latency_s": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)},
         "errors": sum(r.error is not None for r in results),
+        "failures": failure_reasons(results),
         "recall_curve": recall_curve(answerable, k),
         "claims": claim_totals(results),
+        "answers": answer_totals(results),
+    }
+
+
+def answer_totals(results: Sequence[Result]) -> dict[str, int]:
+    """What became of the answers: shown (not refused, not failed), shown though not grounded
+    in their citations (should be none), model answers replaced for not being grounded, and
+    answers cut at their token limit or for repeating."""
+    shown = [r for r in results if not r.refused and not r.error]
+    return {
+        "shown": len(shown),
+        "ungrounded_shown": sum(not grounded(c["verdict"] for c in r.claims) for r in shown),
+        "replaced": sum(r.model_answer is not None for r in results),
+        "truncated": sum(r.truncated is not None for r in results),
     }
 
 
@@ -305,19 +356,23 @@ def recall_curve(results: Sequence[Result], k: int) -> list[float | None]:
 
 
 def question_metrics(
-    runs: Mapping[str, Sequence[Result]],
+    run: QuestionRun,
     k: int,
     settings: Settings,
     questions_file: Path,
+    questions: int,
     no_llm: bool,
 ) -> dict[str, Any]:
-    """What `metrics.json` holds: the run's settings and each mode's metrics."""
+    """What `metrics.json` holds: the run's settings, each mode's metrics over the questions it
+    ran, and why the run stopped early (null when it ran them all)."""
     return {
         "questions_file": str(questions_file),
-        "questions": len(next(iter(runs.values()), [])),
+        "questions": questions,
+        "questions_run": {mode: len(results) for mode, results in run.results.items()},
+        "stopped": run.stopped,
         "k": k,
         "settings": _settings_summary(settings, no_llm),
-        "modes": {mode: summarise(results, k) for mode, results in runs.items()},
+        "modes": {mode: summarise(results, k) for mode, results in run.results.items()},
     }
 
 

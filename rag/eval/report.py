@@ -198,7 +198,7 @@ def question_report(
         lines += ["", f"### {mode}: worst questions", ""]
         lines += _worst(runs[mode])
     if any(m["errors"] for m in metrics["modes"].values()):
-        lines += ["", "Some answers failed (LLM errors): see `error` in results.jsonl."]
+        lines += ["", "The failed answers' messages are under `error` in results.jsonl."]
     return "\n".join(lines) + "\n"
 
 
@@ -244,7 +244,30 @@ def question_summary(metrics: Mapping[str, Any], plotted: bool) -> str:
     lines += ["", *refusal_table(metrics)]
     if plotted:
         lines += ["", f"![Refused share against the threshold]({REFUSAL_PLOT})"]
+    lines += failure_lines(metrics)
     return "\n".join(lines)
+
+
+def failure_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """What became of the model's answers (replaced, cut) and why questions failed, and why
+    the run stopped early: nothing when every answer came through."""
+    lines: list[str] = []
+    for mode, m in metrics["modes"].items():
+        answers = m.get("answers") or {}
+        if answers.get("replaced") or answers.get("truncated") or answers.get("ungrounded_shown"):
+            lines.append(
+                f"- {mode}: {answers['shown']} answers shown, {answers['ungrounded_shown']} of "
+                f"them not grounded in their citations; {answers['replaced']} model answers "
+                f"replaced by the extractive answer (not grounded); {answers['truncated']} cut "
+                "at their token limit or for repeating."
+            )
+        run = metrics.get("questions_run", {}).get(mode, metrics["questions"])
+        if m["errors"]:
+            lines.append(f"- {mode}: {m['errors']} of {run} questions failed:")
+            lines += [f"  - {n}: {reason}" for reason, n in m.get("failures", {}).items()]
+    if metrics.get("stopped"):
+        lines.append(f"- The run {metrics['stopped']}: the figures cover the questions run.")
+    return ["", "## Failures and replaced answers", "", *lines] if lines else []
 
 
 def refusal_table(metrics: Mapping[str, Any]) -> list[str]:
