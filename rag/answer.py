@@ -407,8 +407,10 @@ def answer_question(
     embedder: Embedder,
     llm: LLM | None = None,
     on_token: Callable[[str], None] | None = None,
+    focus: str | None = None,
 ) -> Answer:
-    """Answer from already retrieved `papers`; `llm=None` gives the extractive answer.
+    """Answer from already retrieved `papers`; `llm=None` gives the extractive answer, quoting
+    the passages closest to `focus` when given (a follow-up's own words) else to `question`.
 
     Both modes first weigh the evidence (`Coverage`): when no passage of the sources comes
     close enough to the question (`settings.min_relevance`), the answer is the refusal, and the
@@ -428,6 +430,8 @@ def answer_question(
         answer.coverage = coverage
         return answer
     if llm is None:
+        if focus:
+            weigh_evidence(focus, sources, embedder)
         answer = extractive_answer(question, sources, note)
     else:
         answer = llm_answer(question, sources, llm, settings, on_token)

@@ -146,12 +146,19 @@ class Assistant:
         standalone = condense(question, history, self.llm)
         papers = retriever.search(standalone, k)
         pins = [] if self.llm is not None else pinned_papers(question, history)
-        if pins:
-            kept = retriever.papers_by_id(pins)[:k]
-            papers = kept + [p for p in papers if p.paper_id not in pins][: k - len(kept)]
+        if pins:  # the follow-up is about the papers just cited
+            papers = retriever.papers_by_id(pins)[:k] or papers
         retriever.attach_texts(papers)
+        # Without an LLM, the kept papers are quoted for the follow-up's own words ("its
+        # limitations"), not for the previous question again.
         answer = answer_question(
-            standalone, papers, self.settings, self.embedder, self.llm, on_token
+            standalone,
+            papers,
+            self.settings,
+            self.embedder,
+            self.llm,
+            on_token,
+            focus=question if pins else None,
         )
         answer.question = question
         turn = Turn(question, answer.answer, standalone, [s.paper_id for s in answer.citations])

@@ -14,6 +14,7 @@ import click
 from rag import limits
 
 if TYPE_CHECKING:
+    from rag.answer import Answer
     from rag.api import Assistant
     from rag.filters import Filter
     from rag.settings import Settings
@@ -280,18 +281,33 @@ def search(query: str, k: int | None, filters: Filter, as_json: bool) -> None:
 @click.option("--no-llm", is_flag=True, help="Answer extractively, without the LLM.")
 @click.option("--model", help="Chat model name (overrides RAG_LLM_MODEL).")
 @filter_options()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "md", "bib"]),
+    help="text (default), json (as --json), md (Markdown) or bib (BibTeX of the cited papers).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def ask(
-    question: str, k: int | None, no_llm: bool, model: str | None, filters: Filter, as_json: bool
+    question: str,
+    k: int | None,
+    no_llm: bool,
+    model: str | None,
+    filters: Filter,
+    fmt: str | None,
+    as_json: bool,
 ) -> None:
     """Answer QUESTION from the collection, citing the papers used.
 
     \b
     Example:
-      rag ask "How does L-Mul replace floating point multiplication?"
+      rag ask "How does L-Mul replace floating point multiplication?" --format md
     """
     from rag.terminal import printable
 
+    if as_json and fmt not in (None, "json"):
+        raise click.UsageError(f"--json and --format {fmt} conflict: give one of them")
+    fmt = "json" if as_json else fmt or "text"
     assistant = ready(load_settings(llm_model=model), question, no_llm)
     streamed: list[str] = []
 
@@ -299,16 +315,28 @@ def ask(
         streamed.append(token)
         click.echo(printable(token), nl=False)
 
-    live = not as_json and sys.stdout.isatty()
+    live = fmt == "text" and sys.stdout.isatty()
     answer = assistant.ask(question, k, on_token=show if live else None, filters=filters)
-    if as_json:
-        emit_json(answer.to_json())
-    else:
-        from rag.terminal import print_answer
-
-        print_answer(answer, streamed=bool(streamed))
+    print_answer_as(answer, fmt, streamed=bool(streamed))
     if answer.interrupted:
         fail(answer.interrupted, 1)  # what was shown is incomplete: say so, and exit non-zero
+
+
+def print_answer_as(answer: Answer, fmt: str, streamed: bool) -> None:
+    """`answer` as text (after the `streamed` part), JSON, Markdown or its papers' BibTeX."""
+    from rag.export import answer_markdown, cited_bibtex
+    from rag.terminal import print_answer, say
+
+    if fmt == "text":
+        print_answer(answer, streamed)
+    elif fmt == "json":
+        emit_json(answer.to_json())
+    elif fmt == "md":
+        say(answer_markdown(answer), nl=False)
+    elif entries := cited_bibtex([answer]):
+        say(entries, nl=False)
+    else:
+        say("rag: the answer cites no papers: no BibTeX to print", err=True)
 
 
 MODES = ("dense", "bm25", "hybrid")

@@ -170,12 +170,12 @@ def _final(exc: LLMError, attempts: int, settings: Settings, out_of_time: bool =
     if not exc.retryable:
         return exc
     why = (
-        f"the {settings.llm_timeout:g} s time-out (RAG_LLM_TIMEOUT) ran out"
+        f"the {settings.llm_timeout:g} s allowed for it ran out; set by RAG_LLM_TIMEOUT"
         if out_of_time
-        else ("no retries left (RAG_LLM_MAX_RETRIES)")
+        else "the number of retries is set by RAG_LLM_MAX_RETRIES"
     )
     plural = "s" if attempts > 1 else ""
-    return LLMError(f"{exc} (gave up after {attempts} attempt{plural}: {why})")
+    return LLMError(f"{exc} (gave up after {attempts} attempt{plural}; {why})")
 
 
 class Streamed:

@@ -64,3 +64,7 @@ def test_follow_up_over_the_corpus_keeps_the_paper(corpus_settings: Settings) ->
     second, _ = api.chat("what about its limitations?", [turn], corpus_settings, no_llm=True)
     assert second.sources[0].title == LION
     assert LION in [s.title for s in second.citations]
+    # Issue 17: the kept paper answers the new question, not the previous one again.
+    assert second.answer != first.answer
+    assert "we examine the limitations of Lion" in second.answer
+    assert {s.title for s in second.sources} <= {s.title for s in first.citations}

@@ -81,6 +81,17 @@ def test_backoff_grows_between_retries(fake_llm: FakeLLM) -> None:
     assert len(gaps) == 3 and gaps[0] >= 0.5 and gaps[1] >= 1.0 and gaps[2] >= 2.0
 
 
+def test_giving_up_says_what_happened_then_the_setting(fake_llm: FakeLLM) -> None:
+    fake_llm.default = Fault(503)
+    with pytest.raises(LLMError) as info:
+        ask(settings_for(fake_llm.base_url, llm_max_retries=1))
+    message = str(info.value)
+    assert (
+        "gave up after 2 attempts; the number of retries is set by RAG_LLM_MAX_RETRIES" in message
+    )
+    assert "no retries left" not in message
+
+
 def test_client_errors_are_not_retried(fake_llm: FakeLLM) -> None:
     fake_llm.reply(Fault(400, body='{"error": {"message": "bad request"}}'))
     with pytest.raises(LLMError, match=r"HTTP 400\): bad request"):
@@ -92,7 +103,8 @@ def test_a_server_that_always_fails_gives_the_message_within_the_timeout(fake_ll
     fake_llm.default = Fault(503)
     settings = settings_for(fake_llm.base_url, llm_timeout=3.0, llm_max_retries=50)
     start = time.monotonic()
-    with pytest.raises(LLMError, match=r"HTTP 503.*time-out \(RAG_LLM_TIMEOUT\) ran out") as info:
+    plain = r"HTTP 503.*the 3 s allowed for it ran out; set by RAG_LLM_TIMEOUT"
+    with pytest.raises(LLMError, match=plain) as info:
         ask(settings)
     assert time.monotonic() - start < 3.0 + 1.0  # the deadline holds, retries included
     assert len(fake_llm.chat_requests()) >= 2 and KEY not in str(info.value)

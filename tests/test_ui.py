@@ -217,7 +217,7 @@ def test_filters_in_the_page_restrict_what_is_searched_and_cited(
     sources.get_by_text("Also retrieved").wait_for(timeout=60_000)
     panel = sources.inner_text()
     listed = [
-        line.split("] ", 1)[1].split(" · listed ")[0].strip()
+        line.split("] ", 1)[1].split(" · listed ")[0].strip().removesuffix(" (Hugging Face Papers)")
         for line in panel.splitlines()
         if re.match(r"^\[\d+\] ", line)
     ]
@@ -496,3 +496,114 @@ def test_markup_from_abstracts_and_models_is_shown_as_text(
     finally:
         llm_server.default = old_default
         listener.server.shutdown()
+
+
+# ------------------------------------------------ issue 17: a chat a researcher can check
+
+
+def wait_answers(page: Any, count: int) -> None:
+    """Until `count` answers have their sources fold (an answer is complete when it does)."""
+    page.wait_for_function(
+        f"() => document.querySelectorAll('#chat details').length >= {count}", timeout=60_000
+    )
+
+
+@pytest.mark.parametrize("viewport", [(1440, 900), (390, 844)], ids=["desktop", "phone"])
+def test_citation_chips_link_to_each_answers_own_sources(
+    served: tuple[str, subprocess.Popen[str], Path], browser: Any, viewport: tuple[int, int]
+) -> None:
+    url, _, _ = served
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(url)
+    ask_in_page(page, "How does L-Mul replace floating point multiplication?")
+    wait_answers(page, 1)
+    ask_in_page(page, "Which optimizer was found by program search and keeps only the momentum?")
+    wait_answers(page, 2)
+    first, second = page.locator("#chat details").all()[:2]
+    assert LMUL in first.inner_text() and LION in second.inner_text()  # each keeps its own
+    chips = page.locator("#chat a.cite")
+    hrefs = chips.evaluate_all("els => els.map(e => e.getAttribute('href'))")
+    assert any(h.startswith("#a0-s") for h in hrefs) and any(h.startswith("#a1-s") for h in hrefs)
+    for chip in chips.all():  # every chip names its paper on hover and has its card
+        target = chip.get_attribute("href")[1:]
+        assert page.locator(f'#chat [id="{target}"]').count() == 1
+        title = chip.get_attribute("title") or ""
+        assert title.split(":")[0] in (LMUL, LION) or title.startswith(LMUL[:20])
+    first_chip = page.locator('#chat a.cite[href^="#a0-s"]').first
+    assert LMUL in (first_chip.get_attribute("title") or "")
+    # Every title is a link to the paper, in the chat and in the Sources panel alike.
+    for where in ("#chat details", "#sources"):
+        links = page.locator(f"{where} a[href*='huggingface.co/papers?q=']")
+        assert links.count() >= 1 and any(LION in t or LMUL in t for t in links.all_inner_texts())
+    # Per-claim evidence: the supporting passage and its verdict under the cited paper.
+    assert "✓" in first.inner_text() or "⚠" in first.inner_text()
+    question_top = page.locator("#question textarea").bounding_box()
+    assert question_top is not None and question_top["width"] > 0.5 * min(viewport[0], 900)
+    assert not errors, errors
+    page.close()
+
+
+def test_trash_clear_stop_and_typing_while_waiting(
+    served: tuple[str, subprocess.Popen[str], Path], browser: Any, llm_server: FakeLLM
+) -> None:
+    url, _, _ = served
+    page = open_page(browser, url)
+    ask_in_page(page, "How does L-Mul replace floating point multiplication?")
+    wait_answers(page, 1)
+    # The chat's own trash icon forgets the conversation like Clear does: the follow-up that
+    # comes next is not rewritten with the old question, and the Sources panel is emptied.
+    page.locator("#chat button[aria-label='Clear']").click()
+    page.locator("#sources").get_by_text("Ask a question").wait_for(timeout=30_000)
+    before = len(llm_server.chat_requests())
+    ask_in_page(page, "What are its limitations?")
+    page.wait_for_function(
+        "() => document.querySelector('#chat').innerText.includes('does not cover') || "
+        "document.querySelectorAll('#chat details').length >= 1",
+        timeout=60_000,
+    )
+    asked = [r["body"]["messages"][-1]["content"] for r in llm_server.chat_requests()[before:]]
+    assert not any("Rewrite the user's last message" in p for p in asked)
+
+    # Stop ends the stream (the server sees the client go); text typed meanwhile stays.
+    page.locator("#clear").click()
+    disconnects = llm_server.disconnects
+    llm_server.chunk_delay = 0.5
+    try:
+        ask_in_page(page, "How does L-Mul replace floating point multiplication?")
+        page.locator("#chat").get_by_text("L-Mul", exact=False).first.wait_for(timeout=60_000)
+        page.locator("#question textarea").fill("typed while waiting")
+        page.locator("#stop").click()
+        page.wait_for_timeout(2500)
+        assert llm_server.disconnects > disconnects
+        assert page.locator("#question textarea").input_value() == "typed while waiting"
+        shown = page.locator("#chat").inner_text()
+        page.wait_for_timeout(1500)
+        assert page.locator("#chat").inner_text() == shown  # nothing arrives after Stop
+        assert "integer additions" not in shown
+    finally:
+        llm_server.chunk_delay = 0.0
+    page.close()
+
+
+def test_the_conversation_downloads_as_markdown_and_bibtex(
+    served: tuple[str, subprocess.Popen[str], Path], browser: Any
+) -> None:
+    url, _, _ = served
+    page = open_page(browser, url)
+    ask_in_page(page, "How does L-Mul replace floating point multiplication?")
+    wait_answers(page, 1)
+    with page.expect_download() as download:
+        page.locator("#save-md").click()
+    markdown = Path(download.value.path()).read_text()
+    assert "### Q: How does L-Mul replace" in markdown and "**References**" in markdown
+    assert "user:" not in markdown and f"[{LMUL}](" in markdown
+    with page.expect_download() as download:
+        page.locator("#save-bib").click()
+    bib = Path(download.value.path()).read_text()
+    assert bib.lstrip().startswith("@") and "title = {" in bib and "Addition is All You Need" in bib
+    # The one-paper picker starts empty: no click summarises a paper nobody chose.
+    page.get_by_role("tab", name="Summaries").click()
+    assert page.locator("#paper input").input_value() == ""
+    page.close()

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # No analytics, version checks or hub telemetry: the app must run offline and leak nothing.
@@ -22,16 +23,15 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr
 
 from rag.api import Assistant
-from rag.claims import flagged
 from rag.conversation import Turn
 from rag.errors import RagError
+from rag.export import cited_bibtex, conversation_markdown
 from rag.filters import Filter
-from rag.summarize import EXTRACTIVE_OVERVIEW
+from ui.render import api_text, as_text, chat_message, render_sources, render_summary
 
 if TYPE_CHECKING:
-    from rag.answer import Answer, Source
+    from rag.answer import Answer
     from rag.settings import Settings
-    from rag.summarize import Summary
 
 log = logging.getLogger(__name__)
 TITLE = "Literature assistant"
@@ -47,119 +47,10 @@ NO_LLM_BANNER = (
     "`OPENAI_BASE_URL` for Ollama, vLLM or llama.cpp) and `RAG_LLM_MODEL`, then restart."
 )
 EMPTY_SOURCES = "### Sources\nAsk a question: the papers behind the answer appear here."
+WORKING = "_Searching the collection and writing the answer…_"
 MODES = ("LLM", "Extractive")
 # Chats served at once: most of a chat is waiting on the LLM, so many fit on 2 cores.
 CONCURRENCY = 32
-
-
-ARXIV_ABS = "https://arxiv.org/abs/"
-
-
-# Characters that make Markdown (or the HTML inside it) of plain text.
-MARKDOWN = str.maketrans({c: f"\\{c}" for c in "\\`*_[]<>#|!~{}()"} | {"&": "&amp;"})
-URL = re.compile(r"\b(?:[a-z][a-z0-9+.-]*:/{0,3}|www\.)[^\s<>]+", re.IGNORECASE)
-
-
-def as_text(text: str) -> str:
-    """Text from a model or an abstract as Markdown that shows it as it is: no HTML, image,
-    link, emphasis or heading comes out of it (an injected abstract cannot load a remote image
-    or show a 'Verify your account' link); addresses are shown as code, never as links. Line
-    breaks and '- ' bullets are kept."""
-    lines = []
-    for line in text.split("\n"):
-        parts, at = [], 0
-        for match in URL.finditer(line):
-            parts.append(line[at : match.start()].translate(MARKDOWN))
-            parts.append(f"`{match.group(0).replace('`', chr(39))}`")
-            at = match.end()
-        parts.append(line[at:].translate(MARKDOWN))
-        lines.append("".join(parts))
-    return "\n".join(lines)
-
-
-def _md(text: str) -> str:
-    """`as_text` on one line."""
-    return as_text(" ".join(text.split()))
-
-
-def render_sources(answer: Answer) -> str:
-    """The Sources panel: cited papers with their supporting sentence, then the others."""
-    lines = ["### Sources"]
-    shown = {s.n for s in answer.citations}
-    if answer.refused and answer.uncertain:
-        closest = answer.sources[:3]
-        shown |= {s.n for s in closest}
-        lines.append("No retrieved paper clearly answers this. The closest passages:")
-        lines += [f"- [{_md(s.title)}]({s.url}): {_md(s.question_quote)}" for s in closest]
-    elif not answer.citations:
-        lines.append(
-            "No retrieved paper supports an answer." if answer.refused else "No citations."
-        )
-    for source in answer.citations:
-        lines += _source_block(source)
-    others = [s for s in answer.sources if s.n not in shown]
-    if others:
-        lines += ["", "### Also retrieved"]
-        lines += [f"- [{s.n}] [{_md(s.title)}]({s.url})" for s in others]
-    if answer.dropped_citations:
-        numbers = ", ".join(f"[{n}]" for n in answer.dropped_citations)
-        lines += ["", f"_Dropped citations that name no source: {numbers}_"]
-    return "\n".join(lines)
-
-
-def _source_block(source: Source) -> list[str]:
-    when = f" · listed {', '.join(source.dates)}" if source.dates else ""
-    snippet = source.quote or source.snippet[:300]
-    return [
-        "",
-        f"**[{source.n}] {_md(source.title)}**{when}",
-        "",
-        f"> {_md(snippet)}",
-        "",
-        f"[{'arXiv' if source.url.startswith(ARXIV_ABS) else 'Hugging Face Papers'}]({source.url})",
-    ]
-
-
-def render_summary(summary: Summary) -> str:
-    """The summary shown as text (claims to check flagged), then its references as links."""
-    text = as_text(flagged(summary.overview, summary.claims))
-    if summary.mode == "extractive" and summary.citations:
-        text = text.replace(as_text(EXTRACTIVE_OVERVIEW), f"_{EXTRACTIVE_OVERVIEW}_", 1)
-    if summary.citations:
-        refs = [f"\\[{s.n}\\] [{_md(s.title)}]({s.url})" for s in summary.citations]
-        text += "\n\n**References**\n\n" + "  \n".join(refs)
-    if summary.dropped_citations:
-        numbers = ", ".join(f"[{n}]" for n in summary.dropped_citations)
-        text += f"\n\n_Dropped citations that name no paper: {numbers}_"
-    return text
-
-
-def answer_text(answer: Answer) -> str:
-    """The answer as the chat shows it: as text, a flag after each claim its citations do not
-    support."""
-    text = as_text(flagged(answer.answer, answer.claims))
-    if answer.model_answer is not None and answer.note:
-        text = f"_{as_text(answer.note)}_\n\n{text}"  # why the model's answer was replaced
-    elif answer.mode == "extractive" and not answer.refused:
-        text = f"_Extractive answer (quoted from the abstracts):_\n\n{text}"
-    elif answer.note:
-        text += f"\n\n_{as_text(answer.note)}_"
-    if answer.truncated:
-        text += f"\n\n_({as_text(answer.truncated)})_"
-    return text
-
-
-def api_text(answer: Answer) -> str:
-    """What `/chat` returns: the answer (claims to check flagged), then its cited sources by
-    number and title."""
-    lines = [flagged(answer.answer, answer.claims)]
-    if answer.model_answer is not None and answer.note:
-        lines.insert(0, f"({answer.note})\n")
-    if answer.truncated:
-        lines.append(f"\n({answer.truncated})")
-    if answer.citations:
-        lines += ["", "Sources:"] + [f"[{s.n}] {s.title}" for s in answer.citations]
-    return "\n".join(lines)
 
 
 def _content_text(content: Any) -> str:
@@ -187,14 +78,28 @@ def turns_from_messages(history: Sequence[dict[str, Any]] | None) -> list[Turn]:
     return turns
 
 
+class Stopped(Exception):
+    """The reader stopped the answer (Stop, Clear, or a closed page)."""
+
+
 def in_background(work: Any) -> Iterator[Any]:
-    """Run `work(emit)` in a thread; yield what it emits, then its result or its `RagError`."""
+    """Run `work(emit)` in a thread; yield what it emits, then its result or its `RagError`.
+    Closing this generator (Gradio does when the event is cancelled) makes the next `emit`
+    raise, which ends the LLM stream and closes its connection."""
     items: queue.Queue[Any] = queue.Queue()
     done = object()
+    stop = threading.Event()
+
+    def emit(item: Any) -> None:
+        if stop.is_set():
+            raise Stopped
+        items.put(item)
 
     def run() -> None:
         try:
-            items.put(work(items.put))
+            items.put(work(emit))
+        except Stopped:
+            pass
         except RagError as exc:
             items.put(exc)
         except Exception as exc:  # a bug must end in a message, never a chat stuck waiting
@@ -204,8 +109,27 @@ def in_background(work: Any) -> Iterator[Any]:
             items.put(done)
 
     threading.Thread(target=run, daemon=True).start()
-    while (item := items.get()) is not done:
-        yield item
+    try:
+        while (item := items.get()) is not done:
+            yield item
+    finally:
+        stop.set()
+
+
+def saved(answers: Sequence[Answer]) -> tuple[str | None, str | None]:
+    """The conversation as a Markdown file and its cited papers as a BibTeX file, for the
+    download buttons (None: nothing to save yet)."""
+    if not answers:
+        return None, None
+    folder = Path(tempfile.mkdtemp(prefix="rag-export-"))
+    markdown = folder / "conversation.md"
+    markdown.write_text(conversation_markdown(answers), encoding="utf-8")
+    bib = cited_bibtex(answers)
+    if not bib.strip():
+        return str(markdown), None
+    references = folder / "references.bib"
+    references.write_text(bib, encoding="utf-8")
+    return str(markdown), str(references)
 
 
 def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Blocks:
@@ -216,6 +140,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         message: str,
         chat: list[dict[str, Any]],
         turns: list[Turn],
+        answers: list[Answer],
         k: float,
         mode: str,
         answer_mode: str,
@@ -225,8 +150,9 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         sources: list[str],
     ) -> Iterator[tuple[Any, ...]]:
         chat = list(chat or [])
+        skip = (gr.skip(), gr.skip(), gr.skip())  # answers and the two downloads
         if not (message or "").strip():
-            yield chat, gr.skip(), "", turns
+            yield chat, gr.skip(), "", turns, *skip
             return
         request = assistant.adjusted(
             no_llm=answer_mode != "LLM" or not llm_ready,
@@ -239,9 +165,11 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
             filters = Filter.from_text(since, categories, sources or [])
         except RagError as exc:
             chat[-1] = {"role": "assistant", "content": f"⚠️ Filters: {as_text(str(exc))}"}
-            yield chat, gr.skip(), message, turns
+            yield chat, gr.skip(), message, turns, *skip
             return
-        yield chat, "### Sources\n_Searching the collection…_", "", turns
+        chat[-1] = {"role": "assistant", "content": WORKING}
+        # The box is emptied once, now: what is typed while the answer is written stays.
+        yield chat, "### Sources\n_Searching the collection…_", "", turns, *skip
         streamed = ""
         for item in in_background(
             lambda emit: request.chat(message, turns, on_token=emit, filters=filters)
@@ -249,16 +177,21 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
             if isinstance(item, str):
                 streamed += item
                 chat[-1] = {"role": "assistant", "content": as_text(streamed)}
-                yield chat, gr.skip(), "", turns
+                yield chat, gr.skip(), gr.skip(), turns, *skip
             elif isinstance(item, RagError):
                 note = "\n\n_(answer interrupted)_" if streamed else ""
                 text = f"{as_text(streamed)}{note}\n\n⚠️ {as_text(str(item))}"
                 chat[-1] = {"role": "assistant", "content": text}
-                yield chat, "### Sources\n_No answer: see the message in the chat._", "", turns
+                failed = "### Sources\n_No answer: see the message in the chat._"
+                yield chat, failed, gr.skip(), turns, *skip
             else:
                 answer, turn = item
-                chat[-1] = {"role": "assistant", "content": answer_text(answer)}
-                yield chat, render_sources(answer), "", [*turns, turn]
+                chat[-1] = {"role": "assistant", "content": chat_message(answer, len(turns))}
+                kept = [*answers, answer]
+                yield chat, render_sources(answer), gr.skip(), [*turns, turn], kept, *saved(kept)
+
+    def fresh() -> tuple[Any, ...]:
+        return [], EMPTY_SOURCES, [], [], None, None
 
     def summarize_topic(
         topic: str,
@@ -331,6 +264,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         if not llm_ready:
             gr.Markdown(NO_LLM_BANNER, elem_id="no-llm-banner")
         turns = gr.State([])
+        answers = gr.State([])  # this conversation's answers, for the downloads
         with gr.Accordion("Filters: which papers may be searched and cited", open=False):
             with gr.Row():
                 since = gr.Textbox(
@@ -357,7 +291,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
                         chatbot = gr.Chatbot(
                             label="Chat",
                             height=480,
-                            buttons=["copy", "copy_all"],
+                            buttons=["copy"],
                             elem_id="chat",
                             placeholder="Ask about the papers in the collection.",
                         )
@@ -369,7 +303,15 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
                         )
                         with gr.Row():
                             send = gr.Button("Send", variant="primary", elem_id="send")
-                            clear = gr.ClearButton([chatbot, box, turns], value="Clear chat")
+                            stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                            clear = gr.Button("Clear chat", elem_id="clear")
+                        with gr.Row():
+                            save_md = gr.DownloadButton(
+                                "Conversation (Markdown)", elem_id="save-md", size="sm"
+                            )
+                            save_bib = gr.DownloadButton(
+                                "Cited papers (BibTeX)", elem_id="save-bib", size="sm"
+                            )
                         gr.Examples(EXAMPLES, inputs=box, label="Example questions")
                     with gr.Column(scale=2):
                         sources = gr.Markdown(EMPTY_SOURCES, elem_id="sources")
@@ -389,7 +331,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
                                 interactive=llm_ready,
                             )
                             model = gr.Textbox(
-                                value=settings.llm_model, label="Model name", interactive=llm_ready
+                                value=settings.llm_model, label="Model name", visible=llm_ready
                             )
             with gr.Tab("Summaries"):
                 with gr.Row():
@@ -405,7 +347,8 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
                         )
                         picker = gr.Dropdown(
                             assistant.paper_titles(),
-                            label="Or one paper",
+                            value=None,  # starts empty: nothing is summarised by chance
+                            label="Or one paper (type to search its title)",
                             allow_custom_value=True,
                             filterable=True,
                             elem_id="paper",
@@ -414,11 +357,18 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
                     with gr.Column(scale=3):
                         summary = gr.Markdown("", elem_id="summary")
         filter_inputs = [since, categories, source_files]
-        inputs = [box, chatbot, turns, k, mode, answer_mode, model, *filter_inputs]
-        outputs = [chatbot, sources, box, turns]
-        box.submit(respond, inputs, outputs, api_visibility="private")
-        send.click(respond, inputs, outputs, api_visibility="private")
-        clear.click(lambda: EMPTY_SOURCES, None, sources, api_visibility="private")
+        inputs = [box, chatbot, turns, answers, k, mode, answer_mode, model, *filter_inputs]
+        outputs = [chatbot, sources, box, turns, answers, save_md, save_bib]
+        # Enter while an answer is being written queues the question (the latest one).
+        asking = [
+            trigger(respond, inputs, outputs, api_visibility="private", trigger_mode="always_last")
+            for trigger in (box.submit, send.click)
+        ]
+        stop.click(None, None, None, cancels=asking, api_visibility="private")
+        # Clear and the chat's own trash icon reset the same state, the pending answer too.
+        reset = [chatbot, sources, turns, answers, save_md, save_bib]
+        clear.click(fresh, None, reset, cancels=asking, api_visibility="private")
+        chatbot.clear(fresh, None, reset, cancels=asking, api_visibility="private")
         topic_inputs = [topic, max_papers, answer_mode, *filter_inputs]
         topic_button.click(summarize_topic, topic_inputs, summary, api_visibility="private")
         topic.submit(summarize_topic, topic_inputs, summary, api_visibility="private")
