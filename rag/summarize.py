@@ -262,16 +262,47 @@ def extractive_overview(topic: str, writing: Writing) -> Summary:
         else:
             groups.append([i])
     parts = [EXTRACTIVE_LABEL]
-    for number, group in enumerate(groups, start=1):
+    for group in groups:
         cites = "".join(f"[{sources[i].n}]" for i in group)
+        name = theme_name([sources[i].title for i in group], topic)
         parts.append(
-            f"**Theme {number}** {cites}\n\n"
+            f"**{name}** {cites}\n\n"
             + "\n".join(f"- {quoted(sources[i].question_quote)} [{sources[i].n}]" for i in group)
         )
     papers = [SummaryPaper(s.n, s.paper_id, s.title, quoted(s.question_quote)) for s in sources]
     summary = finished(topic, "\n\n".join(parts), papers, writing)
     summary.note = extractive_note(writing.settings)
     return summary
+
+
+THEME_WORD = re.compile(r"[A-Za-z][A-Za-z0-9-]{2,}")
+TITLE_FILLER = frozenset(
+    "the and for with from via into towards toward using use based are all you need what how "
+    "why when can does not new large model models language learning neural network networks "
+    "paper study approach method efficient".split()
+)
+
+
+def theme_name(titles: Sequence[str], topic: str) -> str:
+    """A theme named from its papers: the words their titles share (most first), beyond the
+    topic's own; a theme of one paper is its shortened title."""
+    if len(titles) == 1:
+        words = titles[0].split()
+        return " ".join(words[:8]) + (" …" if len(words) > 8 else "")
+    known = {w.lower() for w in THEME_WORD.findall(topic)} | TITLE_FILLER
+    counts: dict[str, int] = {}
+    spelled: dict[str, str] = {}
+    for title in titles:
+        for word in dict.fromkeys(w for w in THEME_WORD.findall(title)):
+            if word.lower() in known or word.lower().removesuffix("s") in known:
+                continue
+            key = word.lower()[:6]  # "Quantized" and "Quantization" are one theme word
+            counts[key] = counts.get(key, 0) + 1
+            spelled.setdefault(key, word if any(c.isupper() for c in word[1:]) else word.lower())
+    shared = [w for w, c in sorted(counts.items(), key=lambda kv: -kv[1]) if c > 1][:3]
+    chosen = shared or [w for w, _ in sorted(counts.items(), key=lambda kv: -kv[1])][:2]
+    name = ", ".join(spelled[w] for w in chosen) or "Other papers"
+    return name[0].upper() + name[1:]
 
 
 def extractive_note(settings: Settings) -> str:

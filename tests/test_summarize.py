@@ -104,7 +104,9 @@ def test_extractive_overview_without_an_llm(corpus_settings: Settings) -> None:
     assert cited == {p.n for p in summary.papers}  # one key sentence per paper
     for paper in summary.papers:
         assert f"{paper.one_line} [{paper.n}]" in summary.summary
-    assert "**Theme 1**" in summary.summary and "**References**" in summary.summary
+    assert "**References**" in summary.summary and "Theme 1" not in summary.summary
+    headings = re.findall(r"^\*\*(.+?)\*\* (?:\[\d+\])+$", summary.summary, flags=re.M)
+    assert headings and all(len(h) > 3 for h in headings)  # named from their papers
 
 
 def test_an_uncovered_topic_is_refused(corpus_settings: Settings) -> None:

@@ -587,6 +587,28 @@ def test_trash_clear_stop_and_typing_while_waiting(
     page.close()
 
 
+def test_a_marker_no_source_can_have_never_shows_while_streaming(
+    served: tuple[str, subprocess.Popen[str], Path], browser: Any, llm_server: FakeLLM
+) -> None:
+    url, _, _ = served
+    page = open_page(browser, url)
+    llm_server.chunk_delay = 0.1
+    llm_server.reply("L-Mul approximates multiplication [99] with integer additions [1] [0].")
+    try:
+        ask_in_page(page, "How does L-Mul replace floating point multiplication?")
+        seen = []
+        for _ in range(300):  # until the answer is complete (its sources fold), 30 s at most
+            seen.append(page.locator("#chat").inner_text())
+            if page.locator("#chat details").count():
+                break
+            page.wait_for_timeout(100)
+    finally:
+        llm_server.chunk_delay = 0.0
+    assert any("L-Mul approximates" in text for text in seen)
+    assert not any("[99]" in text or "[0]" in text for text in seen)
+    page.close()
+
+
 def test_the_conversation_downloads_as_markdown_and_bibtex(
     served: tuple[str, subprocess.Popen[str], Path], browser: Any
 ) -> None:
@@ -607,3 +629,23 @@ def test_the_conversation_downloads_as_markdown_and_bibtex(
     page.get_by_role("tab", name="Summaries").click()
     assert page.locator("#paper input").input_value() == ""
     page.close()
+
+
+def test_on_a_phone_without_an_llm_the_question_box_is_on_the_first_screen(
+    corpus_settings: Any, browser: Any
+) -> None:
+    from ui.app import launch
+
+    port = free_port()
+    app = launch(corpus_settings.model_copy(update={"ui_auth": None}), port=port, block=False)
+    try:
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(f"http://127.0.0.1:{port}")
+        page.locator("#no-llm-banner").wait_for(timeout=60_000)
+        page.wait_for_timeout(2000)  # fonts and late components settle the layout
+        box = page.locator("#question textarea").bounding_box()
+        assert box is not None and box["y"] + box["height"] <= 844
+        assert not page.locator("#chat").get_by_text("Model name").count()
+        page.close()
+    finally:
+        app.close()

@@ -27,7 +27,14 @@ from rag.conversation import Turn
 from rag.errors import RagError
 from rag.export import cited_bibtex, conversation_markdown
 from rag.filters import Filter
-from ui.render import api_text, as_text, chat_message, render_sources, render_summary
+from ui.render import (
+    api_text,
+    as_text,
+    chat_message,
+    render_sources,
+    render_summary,
+    streaming_text,
+)
 
 if TYPE_CHECKING:
     from rag.answer import Answer
@@ -42,9 +49,8 @@ EXAMPLES = [
     "What does SINDy-RL combine, and what does it gain?",
 ]
 NO_LLM_BANNER = (
-    "**Extractive mode**: no language model is configured, so answers quote the most relevant "
-    "sentences of the abstracts. For written answers set `OPENAI_API_KEY` (and "
-    "`OPENAI_BASE_URL` for Ollama, vLLM or llama.cpp) and `RAG_LLM_MODEL`, then restart."
+    "**Extractive mode**: answers quote the abstracts. For written answers set "
+    "`OPENAI_API_KEY`, `OPENAI_BASE_URL` and `RAG_LLM_MODEL`, then restart."
 )
 EMPTY_SOURCES = "### Sources\nAsk a question: the papers behind the answer appear here."
 WORKING = "_Searching the collection and writing the answer…_"
@@ -176,7 +182,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         ):
             if isinstance(item, str):
                 streamed += item
-                chat[-1] = {"role": "assistant", "content": as_text(streamed)}
+                chat[-1] = {"role": "assistant", "content": streaming_text(streamed, int(k))}
                 yield chat, gr.skip(), gr.skip(), turns, *skip
             elif isinstance(item, RagError):
                 note = "\n\n_(answer interrupted)_" if streamed else ""

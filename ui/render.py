@@ -40,6 +40,20 @@ def as_text(text: str) -> str:
     return "\n".join(lines)
 
 
+STREAMED_MARKER = re.compile(r"\[(-?\d+)\]")
+
+
+def streaming_text(text: str, most: int) -> str:
+    """A reply as it streams in, shown as text: a marker no source can have (0, negative, or
+    above the `most` sources asked for) is hidden at once, not only when the answer is done."""
+
+    def known(match: re.Match[str]) -> str:
+        number = match.group(1)
+        return match.group(0) if len(number) <= 3 and 1 <= int(number) <= most else ""
+
+    return as_text(STREAMED_MARKER.sub(known, text))
+
+
 def _md(text: str) -> str:
     """`as_text` on one line."""
     return as_text(" ".join(text.split()))
@@ -134,9 +148,14 @@ def answer_sources(answer: Answer, turn: int) -> str:
     return "\n".join([*lines, "", "</details>"])
 
 
+# `**bold**` as `as_text` writes it: the one markup a summary's headings keep (never a link,
+# an image or HTML).
+BOLD = re.compile(r"\\\*\\\*([^*\n]{1,200}?)\\\*\\\*")
+
+
 def render_summary(summary: Summary) -> str:
     """The summary shown as text (claims to check flagged), then its references as links."""
-    text = as_text(flagged(summary.overview, summary.claims))
+    text = BOLD.sub(r"**\1**", as_text(flagged(summary.overview, summary.claims)))
     if summary.mode == "extractive" and summary.citations:
         text = text.replace(as_text(EXTRACTIVE_OVERVIEW), f"_{EXTRACTIVE_OVERVIEW}_", 1)
     if summary.citations:
