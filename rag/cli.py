@@ -416,7 +416,8 @@ def evaluate(
 @main.command(context_settings=CONTEXT)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
-def serve(host: str, port: int) -> None:
+@click.option("--mcp", is_flag=True, help="Also serve search, ask, summarize as MCP tools.")
+def serve(host: str, port: int, mcp: bool) -> None:
     """Start the chat UI (builds the index first if there is none).
 
     \b
@@ -437,7 +438,7 @@ def serve(host: str, port: int) -> None:
             f"the UI needs gradio ({exc.name} missing): pip install -e '.[ui]'"
         ) from None
     click.echo(f"rag: serving on http://{host}:{port} (Ctrl+C stops)", err=True)
-    launch(settings, host, port, assistant=assistant)
+    launch(settings, host, port, assistant=assistant, mcp=mcp)
 
 
 @main.command(context_settings=CONTEXT)

@@ -649,3 +649,49 @@ def test_on_a_phone_without_an_llm_the_question_box_is_on_the_first_screen(
         page.close()
     finally:
         app.close()
+
+
+def test_rag_serve_mcp_lists_the_tools_and_searches_through_a_real_mcp_client(
+    corpus_index: Path, tmp_path: Path
+) -> None:
+    import asyncio
+    import json as jsonlib
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    shutil.copytree(corpus_index, tmp_path / "index")
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "OPENAI_"))},
+        "RAG_INDEX_DIR": str(tmp_path / "index"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rag", "serve", "--port", str(port), "--mcp"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def use() -> tuple[set[str], str, str]:
+        url = f"http://127.0.0.1:{port}/gradio_api/mcp/"
+        async with streamablehttp_client(url) as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                tools = await session.list_tools()
+                ask = next(t for t in tools.tools if t.name == "ask")
+                found = await session.call_tool("search", {"query": "L-Mul multiplication", "k": 3})
+                text = "".join(getattr(part, "text", "") for part in found.content)
+                return {t.name for t in tools.tools}, ask.description or "", text
+
+    try:
+        wait_http(f"http://127.0.0.1:{port}", server)
+        names, description, text = asyncio.run(use())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert {"search", "ask", "summarize"} <= names
+    assert "citing the paper" in description  # the docstring is the tool's description
+    assert LMUL in text and jsonlib.loads(text)["results"][0]["rank"] == 1

@@ -7,6 +7,7 @@ The same chat is the API endpoint `/chat` for scripts (`gradio_client`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -265,6 +266,56 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
             raise gr.Error(str(exc)) from None
         return answer.to_json()
 
+    def search(query: str, k: int = 10) -> str:
+        """Search the collection of paper abstracts (dense and BM25, fused per paper).
+
+        Args:
+            query: what to look for, in any words.
+            k: how many papers to return, 1 to 50.
+
+        Returns:
+            JSON: the query and the papers, best first: rank, paper_id, title, score, the best
+            matching snippet and the listing dates.
+        """
+        try:
+            papers = assistant.search(query, max(1, min(int(k), 50)))
+        except RagError as exc:
+            raise gr.Error(str(exc)) from None
+        results = [{"rank": i, **p.to_json()} for i, p in enumerate(papers, start=1)]
+        return json.dumps({"query": query, "results": results}, ensure_ascii=False)
+
+    def ask(question: str) -> str:
+        """Answer a question from the paper abstracts, every claim citing the paper it comes from.
+
+        Args:
+            question: the question, in any words.
+
+        Returns:
+            JSON (as `rag ask --json`): the answer with [n] citations, the cited papers (n,
+            title, url), the sources, and each claim with the passage that supports it and a
+            verdict (supported, weak, unsupported, uncited); "does not cover" when no paper
+            answers it.
+        """
+        return json.dumps(chat_json(question), ensure_ascii=False)
+
+    def summarize(topic: str, max_papers: int = 8) -> str:
+        """A cited overview of what the collection's papers say about a topic.
+
+        Args:
+            topic: the topic, in any words.
+            max_papers: the most papers to cover, 2 to 20.
+
+        Returns:
+            JSON (as `rag summarize --json`): the overview (each sentence citing [n]), the
+            papers it covers with one line each, and the references.
+        """
+        try:
+            request = assistant.adjusted(no_llm=not llm_ready)
+            summary = request.summarize(topic, max(2, min(int(max_papers), 20)))
+            return json.dumps(summary.to_json(), ensure_ascii=False)
+        except RagError as exc:
+            raise gr.Error(str(exc)) from None
+
     with gr.Blocks(title=TITLE) as app:
         gr.Markdown(f"# {TITLE}\nCited answers over the paper abstracts in the collection.")
         if not llm_ready:
@@ -383,6 +434,8 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         )
         gr.api(chat_api, api_name="chat", concurrency_limit=CONCURRENCY)
         gr.api(chat_json, api_name="chat_json", concurrency_limit=CONCURRENCY)
+        for tool in (search, ask, summarize):  # also the MCP tools under `rag serve --mcp`
+            gr.api(tool, api_name=tool.__name__, concurrency_limit=CONCURRENCY)
     return app
 
 
@@ -392,8 +445,15 @@ def launch(
     port: int = 7860,
     block: bool = True,
     assistant: Assistant | None = None,
+    mcp: bool = False,
 ) -> gr.Blocks:
-    """Serve the app on `host:port` (never a public share link); login when RAG_UI_AUTH is set."""
+    """Serve the app on `host:port` (never a public share link); login when RAG_UI_AUTH is set.
+    `mcp`: also serve search, ask and summarize as MCP tools (at /gradio_api/mcp/)."""
+    if mcp:
+        try:
+            import mcp as _  # noqa: F401 - Gradio's MCP server needs it
+        except ImportError:
+            raise RagError("--mcp needs the mcp package: pip install -e '.[mcp]'") from None
     app = build_app(settings, assistant)
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=256)
     auth = settings.ui_credentials()
@@ -408,5 +468,6 @@ def launch(
         ssr_mode=False,
         theme=gr.themes.Soft(),
         footer_links=["api"],
+        mcp_server=mcp,
     )
     return app
