@@ -66,6 +66,8 @@ def print_summary(summary: Summary) -> None:
     if summary.note:
         say(f"[{summary.note}]\n", err=True)
     say(flagged(summary.summary, summary.claims))
+    if summary.left_out:
+        say(f"\n[{summary.coverage_note()}]", err=True)
     print_repairs(summary.claims)
     print_dropped(summary.dropped_citations, "papers")
 

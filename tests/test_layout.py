@@ -35,6 +35,7 @@ LAYERS: list[set[str]] = [
     {"rag.claims"},
     {"rag.judge"},
     {"rag.conversation", "rag.answer"},
+    {"rag.parts"},
     {"rag.summarize"},
     {"rag.eval", "rag.eval.metrics", "rag.eval.questions", "rag.eval.beir", "rag.eval.report"},
     {"rag.api"},

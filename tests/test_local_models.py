@@ -18,8 +18,8 @@ from rag.claims import resolve_citations
 from rag.errors import LLMError
 from rag.generation import REPEATING, RepetitionGuard, generate
 from rag.llm import LEARNED_CONTEXT, LLM
+from rag.parts import abstract_parts, split_sentences
 from rag.settings import Settings
-from rag.summarize import abstract_parts, split_sentences
 from tests.fake_llm import CHARS_PER_TOKEN, FakeLLM, Fault, Slow, ramble
 from tests.helpers import run_rag, write_jsonl
 from tests.test_claims import LION, LMUL, POINTER, FixedRetriever, abstracts, minilm

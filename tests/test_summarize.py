@@ -167,3 +167,19 @@ def test_summarize_usage_errors(corpus_settings: Settings, args: list[str], mess
     proc = run_rag("summarize", *args)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_summary_says_what_it_considered_and_why_papers_were_left_out(
+    corpus_settings: Settings,
+) -> None:
+    summary = api.summarize(
+        "low-precision arithmetic for energy-efficient language models", corpus_settings, 8
+    )
+    data = summary.to_json()
+    assert data["considered"] == len(data["papers"]) + len(data["left_out"]) == 8
+    assert data["left_out"], "the topic retrieves papers it should not cover"
+    for paper in data["left_out"]:
+        assert paper["title"] and re.search(r"scores 0\.\d\d, below the 0\.\d\d", paper["why"])
+    assert summary.coverage_note().startswith("Considered 8 papers, covered ")
+    proc = run_rag("summarize", "low-precision arithmetic for energy-efficient language models")
+    assert proc.returncode == 0 and "Left out: " in proc.stderr

@@ -164,6 +164,10 @@ def render_summary(summary: Summary) -> str:
     if summary.dropped_citations:
         numbers = ", ".join(f"[{n}]" for n in summary.dropped_citations)
         text += f"\n\n_Dropped citations that name no paper: {numbers}_"
+    if summary.left_out:
+        used = summary.considered - len(summary.left_out)
+        text += f"\n\n_Considered {summary.considered} papers, covered {used}. Left out:_\n"
+        text += "\n".join(f"- {_md(p['title'])}: {_md(p['why'])}" for p in summary.left_out)
     return text
 
 
