@@ -41,10 +41,16 @@ class SharedClients:
         self._local: dict[Path, int] = {}  # the last generation this process wrote
         self._readers: dict[Path, int] = {}
         self._closing: set[Path] = set()
+        self._mine = threading.local()  # the stores this thread is reading (`reading` depth)
+
+    def _reading_here(self, path: Path) -> bool:
+        return getattr(self._mine, "depth", {}).get(path, 0) > 0
 
     def get(self, settings: Settings, path: Path) -> tuple[Any, int]:
         with self._cond:
-            self._cond.wait_for(lambda: path not in self._closing)
+            # A search already reading keeps its client: the reopen waits for it to finish,
+            # so waiting here for the reopen would wait for ourselves.
+            self._cond.wait_for(lambda: path not in self._closing or self._reading_here(path))
             if path not in self._clients:
                 epoch = self._epochs.get(path, -1) + 1
                 self._clients[path] = (connect(settings, path), epoch)
@@ -100,14 +106,17 @@ class SharedClients:
 
     @contextlib.contextmanager
     def reading(self, path: Path) -> Iterator[None]:
+        depth = self._mine.__dict__.setdefault("depth", {})
         with self._cond:
-            self._cond.wait_for(lambda: path not in self._closing)
+            self._cond.wait_for(lambda: path not in self._closing or self._reading_here(path))
             self._readers[path] = self._readers.get(path, 0) + 1
+            depth[path] = depth.get(path, 0) + 1
         try:
             yield
         finally:
             with self._cond:
                 self._readers[path] -= 1
+                depth[path] -= 1
                 self._cond.notify_all()
 
 

@@ -99,6 +99,43 @@ def small_index(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return index, env
 
 
+def test_a_search_opening_its_client_while_a_reopen_waits_for_it_does_not_deadlock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by bench/soak.py: a search already reading (a registered reader) that opens the
+    collection lazily waited for a reopen, which waited for the search: every chat hung."""
+    import threading
+    import time
+
+    from rag import chroma
+    from rag.settings import Settings
+
+    class Client:
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(chroma, "connect", lambda settings, path: Client())
+    clients, path, settings = chroma.SharedClients(), Path("/store"), Settings()
+    _, epoch = clients.get(settings, path)
+    reading, done = threading.Event(), threading.Event()
+
+    def search() -> None:
+        with clients.reading(path):
+            reading.set()
+            time.sleep(0.3)  # another search starts the reopen meanwhile
+            clients.get(settings, path)  # as Collection.open does inside a search
+        done.set()
+
+    threading.Thread(target=search, daemon=True).start()
+    reading.wait(5)
+    closer = threading.Thread(target=clients.reopen, args=(path, epoch), daemon=True)
+    closer.start()
+    assert done.wait(5), "the search waited for the reopen that waited for it"
+    closer.join(5)
+    assert not closer.is_alive()
+    assert clients.get(settings, path)[1] == epoch + 1  # the next search gets a fresh client
+
+
 def test_a_read_only_index_answers_and_an_ingest_says_it_cannot_write(tmp_path: Path) -> None:
     """A shared, mounted or backed-up copy: queries work (Chroma writes even to read, so a
     private copy is searched) and an ingest says where it cannot write, in one line."""
