@@ -616,6 +616,14 @@ def test_the_conversation_downloads_as_markdown_and_bibtex(
     page = open_page(browser, url)
     ask_in_page(page, "How does L-Mul replace floating point multiplication?")
     wait_answers(page, 1)
+    # Suggested follow-ups about the cited paper; one click puts one in the box.
+    suggestion = page.locator("#follow-ups").get_by_text("What are the limitations of Addition")
+    suggestion.click()
+    page.wait_for_function(
+        "() => document.querySelector('#question textarea').value"
+        ".startsWith('What are the limitations of Addition is All You Need')",
+        timeout=10_000,
+    )
     with page.expect_download() as download:
         page.locator("#save-md").click()
     markdown = Path(download.value.path()).read_text()

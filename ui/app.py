@@ -32,6 +32,7 @@ from ui.render import (
     api_text,
     as_text,
     chat_message,
+    follow_ups,
     render_sources,
     render_summary,
     streaming_text,
@@ -157,7 +158,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         sources: list[str],
     ) -> Iterator[tuple[Any, ...]]:
         chat = list(chat or [])
-        skip = (gr.skip(), gr.skip(), gr.skip())  # answers and the two downloads
+        skip = (gr.skip(),) * 4  # answers, the two downloads, the suggested follow-ups
         if not (message or "").strip():
             yield chat, gr.skip(), "", turns, *skip
             return
@@ -195,10 +196,12 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
                 answer, turn = item
                 chat[-1] = {"role": "assistant", "content": chat_message(answer, len(turns))}
                 kept = [*answers, answer]
-                yield chat, render_sources(answer), gr.skip(), [*turns, turn], kept, *saved(kept)
+                nexts = gr.Dataset(samples=[[q] for q in follow_ups(answer)])
+                sources_md = render_sources(answer)
+                yield chat, sources_md, gr.skip(), [*turns, turn], kept, *saved(kept), nexts
 
     def fresh() -> tuple[Any, ...]:
-        return [], EMPTY_SOURCES, [], [], None, None
+        return [], EMPTY_SOURCES, [], [], None, None, gr.Dataset(samples=[])
 
     def summarize_topic(
         topic: str,
@@ -369,6 +372,12 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
                             save_bib = gr.DownloadButton(
                                 "Cited papers (BibTeX)", elem_id="save-bib", size="sm"
                             )
+                        suggested = gr.Dataset(
+                            components=[box],
+                            samples=[],
+                            label="Ask next (from the cited papers)",
+                            elem_id="follow-ups",
+                        )
                         gr.Examples(EXAMPLES, inputs=box, label="Example questions")
                     with gr.Column(scale=2):
                         sources = gr.Markdown(EMPTY_SOURCES, elem_id="sources")
@@ -415,7 +424,8 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
                         summary = gr.Markdown("", elem_id="summary")
         filter_inputs = [since, categories, source_files]
         inputs = [box, chatbot, turns, answers, k, mode, answer_mode, model, *filter_inputs]
-        outputs = [chatbot, sources, box, turns, answers, save_md, save_bib]
+        outputs = [chatbot, sources, box, turns, answers, save_md, save_bib, suggested]
+        suggested.click(lambda sample: sample[0], suggested, box, api_visibility="private")
         # Enter while an answer is being written queues the question (the latest one).
         asking = [
             trigger(respond, inputs, outputs, api_visibility="private", trigger_mode="always_last")
@@ -423,7 +433,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         ]
         stop.click(None, None, None, cancels=asking, api_visibility="private")
         # Clear and the chat's own trash icon reset the same state, the pending answer too.
-        reset = [chatbot, sources, turns, answers, save_md, save_bib]
+        reset = [chatbot, sources, turns, answers, save_md, save_bib, suggested]
         clear.click(fresh, None, reset, cancels=asking, api_visibility="private")
         chatbot.clear(fresh, None, reset, cancels=asking, api_visibility="private")
         topic_inputs = [topic, max_papers, answer_mode, *filter_inputs]

@@ -124,6 +124,28 @@ def chat_message(answer: Answer, turn: int) -> str:
     return f"{text}\n\n{answer_sources(answer, turn)}"
 
 
+def short_title(title: str) -> str:
+    """A paper's name for a question: the part before a colon, or its first six words."""
+    head = title.split(":", 1)[0].strip()
+    words = head.split()
+    return " ".join(words[:6]) + (" …" if len(words) > 6 else "")
+
+
+def follow_ups(answer: Answer) -> list[str]:
+    """Questions to ask next about the papers an answer cites (none after a refusal)."""
+    if answer.refused or not answer.citations:
+        return []
+    first = short_title(answer.citations[0].title)
+    asked = [
+        f"What are the limitations of {first}?",
+        f"What results does {first} report?",
+        f"How does {first} compare with {short_title(answer.citations[1].title)}?"
+        if len(answer.citations) > 1
+        else f"Which other papers address the problem {first} addresses?",
+    ]
+    return [q for q in asked if q.lower() != answer.question.strip().lower()]
+
+
 def answer_sources(answer: Answer, turn: int) -> str:
     """The sources of one answer, in a fold: each cited paper (title linked) with the passages
     that support the claims citing it, and each claim's verdict; then the papers retrieved but
