@@ -87,8 +87,11 @@ class SharedClients:
 
     def reopen(self, path: Path, epoch: int) -> None:
         """Close the client of `path` (when it is still the one of `epoch`) once no search is
-        reading through it; the next `get` opens a fresh one."""
+        reading through it; the next `get` opens a fresh one. A search that is itself reading
+        keeps its client (it would wait for itself): a later search reopens."""
         with self._cond:
+            if self._reading_here(path):
+                return
             if path not in self._clients or self._clients[path][1] != epoch:
                 return
             self._closing.add(path)

@@ -292,14 +292,17 @@ class Store(Collection):
     def table(self, stamp: tuple[int, int] | None = None) -> ChunkTable | None:
         """The in-memory copy of the collection, current as of `stamp` (read when not given);
         None when the collection is larger than `RAG_EXACT_SEARCH_MAX` chunks."""
-        stamp = stamp or self.stamp()
-        if stamp[1] > self.settings.exact_search_max:
-            return None
-        with self._table_lock:
-            if self._table is None or self._table.stamp != stamp:
-                got = self._get(None, ["embeddings", "documents", "metadatas"])
-                self._table = ChunkTable.build(stamp, got)
-            return self._table
+        # Read as a search (`one_view`): a reopen waits for the build instead of the build,
+        # holding the lock other searches wait on, waiting for the reopen.
+        with self.one_view():
+            stamp = stamp or self.stamp()
+            if stamp[1] > self.settings.exact_search_max:
+                return None
+            with self._table_lock:
+                if self._table is None or self._table.stamp != stamp:
+                    got = self._get(None, ["embeddings", "documents", "metadatas"])
+                    self._table = ChunkTable.build(stamp, got)
+                return self._table
 
     @guarded
     def paper_chunks(self, paper_ids: Sequence[str]) -> dict[str, list[Hit]]:

@@ -135,6 +135,19 @@ def test_a_search_opening_its_client_while_a_reopen_waits_for_it_does_not_deadlo
     assert not closer.is_alive()
     assert clients.get(settings, path)[1] == epoch + 1  # the next search gets a fresh client
 
+    # A search that finds the store changed while it reads (Collection.open does) must not
+    # wait for itself to stop reading.
+    _, epoch = clients.get(settings, path)
+    finished = threading.Event()
+
+    def changed_under_a_search() -> None:
+        with clients.reading(path):
+            clients.reopen(path, epoch)
+        finished.set()
+
+    threading.Thread(target=changed_under_a_search, daemon=True).start()
+    assert finished.wait(5), "a reading search waited for itself"
+
 
 def test_a_read_only_index_answers_and_an_ingest_says_it_cannot_write(tmp_path: Path) -> None:
     """A shared, mounted or backed-up copy: queries work (Chroma writes even to read, so a
