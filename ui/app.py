@@ -57,6 +57,8 @@ NO_LLM_BANNER = (
 EMPTY_SOURCES = "### Sources\nAsk a question: the papers behind the answer appear here."
 WORKING = "_Searching the collection and writing the answer…_"
 MODES = ("LLM", "Extractive")
+# On a phone the chat is shorter, so the question box is on the first screen (below the banner).
+PHONE_CSS = "@media (max-width: 640px) { #chat { height: 42vh !important; max-height: 42vh; } }"
 # Chats served at once: most of a chat is waiting on the LLM, so many fit on 2 cores.
 CONCURRENCY = 32
 
@@ -479,5 +481,6 @@ def launch(
         theme=gr.themes.Soft(),
         footer_links=["api"],
         mcp_server=mcp,
+        css=PHONE_CSS,
     )
     return app
