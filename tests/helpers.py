@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,29 @@ def wait_http(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> No
         except (urllib.error.URLError, OSError):
             time.sleep(0.3)
     raise AssertionError(f"{url} did not come up in {timeout} s")
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str], cwd: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`rag serve ARGS...` on a free loopback port, with none of this process's RAG_/OPENAI_
+    settings but `env`'s; its output goes to `cwd/serve.log`. Yields the URL and the process,
+    once the page answers."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "OPENAI_"))}
+    port = free_port()
+    log = (cwd / "serve.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rag", "serve", "--port", str(port), *args],
+        env={**inherited, **env},
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url, server)
+        yield url, server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.fake_llm import FakeLLM
-from tests.helpers import free_port, run_rag, wait_http, write_jsonl
+from tests.helpers import run_rag, serving, write_jsonl
 
 FIRST = [
     {
@@ -60,19 +60,7 @@ def test_a_running_server_sees_and_cites_papers_another_process_ingests(
         "RAG_EXACT_SEARCH_MAX": exact_search_max,
         "RAG_MIN_RELEVANCE": "0.3",
     }
-    port = free_port()
-    log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rag", "serve", "--port", str(port)],
-        env=env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(url, server)
+    with serving(env, tmp_path) as (url, _):
         client = Client(url, verbose=False, analytics_enabled=False)
         before = client.predict("Which optimiser keeps only the momentum?", api_name="/chat_json")
         assert before["citations"][0]["title"] == FIRST[0]["title"]
@@ -84,10 +72,6 @@ def test_a_running_server_sees_and_cites_papers_another_process_ingests(
         assert after["citations"] and after["citations"][0]["title"].startswith("Zebra Stripe")
         again = client.predict("Which optimiser keeps only the momentum?", api_name="/chat_json")
         assert again["citations"][0]["title"] == FIRST[0]["title"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
     assert "Error finding id" not in (tmp_path / "serve.log").read_text()
 
 
@@ -413,30 +397,16 @@ def test_the_chat_api_gives_the_message_the_chat_shows(tmp_path: Path, fake_llm:
     corpus.mkdir()
     write_jsonl(corpus / "first.jsonl", FIRST)
     fake_llm.default = Fault(400, body='{"error": {"message": "model not loaded"}}')
-    port = free_port()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "OPENAI_"))},
         "RAG_INDEX_DIR": str(tmp_path / "index"),
         "RAG_CORPUS_DIR": str(corpus),
         **llm_env(fake_llm),
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rag", "serve", "--port", str(port)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}", server)
-        client = Client(f"http://127.0.0.1:{port}", verbose=False, analytics_enabled=False)
+    with serving(env, tmp_path) as (url, _):
+        client = Client(url, verbose=False, analytics_enabled=False)
         with pytest.raises(Exception, match=r"HTTP 400\): model not loaded") as info:
             client.predict("Which optimiser keeps only the momentum?", api_name="/chat")
         assert "upstream Gradio app has raised an exception" not in str(info.value)
         cli = run_rag("ask", "Which optimiser keeps only the momentum?", env=env)
         (line,) = cli.stderr.strip().splitlines()  # the same failure, the same words
         assert cli.returncode != 0 and line.removeprefix("rag: error: ") == str(info.value)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.fake_llm import FakeLLM, Fault
-from tests.helpers import free_port, wait_http
+from tests.helpers import free_port, serving, wait_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -667,23 +667,10 @@ def test_rag_serve_mcp_lists_the_tools_and_searches_through_a_real_mcp_client(
     from mcp.client.streamable_http import streamablehttp_client
 
     shutil.copytree(corpus_index, tmp_path / "index")
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "OPENAI_"))},
-        "RAG_INDEX_DIR": str(tmp_path / "index"),
-        "HF_HUB_OFFLINE": "1",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rag", "serve", "--port", str(port), "--mcp"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    env = {"RAG_INDEX_DIR": str(tmp_path / "index"), "HF_HUB_OFFLINE": "1"}
 
-    async def use() -> tuple[set[str], str, str]:
-        url = f"http://127.0.0.1:{port}/gradio_api/mcp/"
-        async with streamablehttp_client(url) as (read, write, _):
+    async def use(url: str) -> tuple[set[str], str, str]:
+        async with streamablehttp_client(f"{url}/gradio_api/mcp/") as (read, write, _):
             async with ClientSession(read, write) as session:
                 await session.initialize()
                 tools = await session.list_tools()
@@ -692,13 +679,9 @@ def test_rag_serve_mcp_lists_the_tools_and_searches_through_a_real_mcp_client(
                 text = "".join(getattr(part, "text", "") for part in found.content)
                 return {t.name for t in tools.tools}, ask.description or "", text
 
-    try:
-        wait_http(f"http://127.0.0.1:{port}", server)
-        with ThreadPoolExecutor(1) as pool:  # a loop of its own: Playwright's may be running
-            names, description, text = pool.submit(asyncio.run, use()).result(timeout=120)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with serving(env, tmp_path, "--mcp") as (url, _), ThreadPoolExecutor(1) as pool:
+        # A loop of its own: Playwright's may be running in this thread.
+        names, description, text = pool.submit(asyncio.run, use(url)).result(timeout=120)
     assert {"search", "ask", "summarize"} <= names
     assert "citing the paper" in description  # the docstring is the tool's description
     assert LMUL in text and jsonlib.loads(text)["results"][0]["rank"] == 1
