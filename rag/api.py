@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from rag.conversation import Turn
     from rag.corpus import Fields
     from rag.embed import Embedder
-    from rag.filters import Filter
+    from rag.filters import CollectionFacts, Filter
     from rag.ingest import IngestReport
     from rag.llm import LLM
     from rag.retrieve import PaperHit, Retriever
@@ -65,6 +65,7 @@ class Assistant:
         given = using.get("retriever")
         self._retrievers: dict[str, Retriever] = {settings.retriever: given} if given else {}
         self._lock = threading.Lock()
+        self._admitting: set[tuple[Any, Filter]] = set()  # (store state, filters) known to admit
 
     @property
     def llm(self) -> LLM | None:
@@ -103,7 +104,27 @@ class Assistant:
             if mode not in self._retrievers:
                 self._retrievers[mode] = get_retriever(self.settings, self.embedder, mode)
             retriever = self._retrievers[mode]
-        return retriever.restricted(filters) if filters else retriever
+        if not filters:
+            return retriever
+        self._check_admits(filters)
+        return retriever.restricted(filters)
+
+    def _check_admits(self, filters: Filter) -> None:
+        """An `InputError` saying why, when `filters` leave no paper of the collection (a date
+        filter over listing pages, whose dates have no year, leaves out every one)."""
+        from rag.filters import Filter, nothing_admitted
+        from rag.store import Store
+
+        store = Store(self.settings, self.embedder.name)
+        if not store.exists() or store.count() == 0:
+            return
+        key = (store.stamp(), filters)
+        if key in self._admitting:
+            return
+        if not store.admitted_papers(filters):
+            dated = len(store.admitted_papers(Filter(since="0001-01-01")))
+            raise InputError(nothing_admitted(filters, store.paper_count(), dated))
+        self._admitting.add(key)
 
     def search(
         self, query: str, k: int | None = None, *, filters: Filter | None = None
@@ -164,6 +185,18 @@ class Assistant:
         turn = Turn(question, answer.answer, standalone, [s.paper_id for s in answer.citations])
         return answer, turn
 
+    def follow_ups(self, answer: Answer) -> list[str]:
+        """Up to three questions to ask next about the papers `answer` cites: the LLM's when
+        there is one (templates when it fails or says nothing usable), else templates."""
+        from rag.conversation import suggest_follow_ups, template_follow_ups
+        from rag.errors import LLMError
+
+        try:
+            return suggest_follow_ups(answer, self.llm)
+        except LLMError as exc:
+            log.info("follow-up suggestions from templates: %s", exc)
+            return template_follow_ups(answer)
+
     def summarize(
         self,
         topic: str,
@@ -203,11 +236,12 @@ class Assistant:
 
         return Store(self.settings, self.embedder.name).paper_count()
 
-    def source_files(self) -> list[str]:
-        """The files the collection's papers were read from (none for a collection above
-        `ui_scan_max_chunks`: too costly to list)."""
-        chunks = self._scan()
-        return sorted({s for c in chunks for s in c.metadata.get("sources") or ()})
+    def collection_facts(self) -> CollectionFacts:
+        """What filters can use: the source files (readable names), categories, how many
+        papers have a full date (empty above `ui_scan_max_chunks`: too costly to scan)."""
+        from rag.filters import CollectionFacts
+
+        return CollectionFacts.of(c.metadata for c in self._scan())
 
     def paper_titles(self) -> list[str]:
         """Paper titles for a picker, at most `ui_max_titles` (none for a collection above four
@@ -311,19 +345,20 @@ def ingest(
     progress: bool = False,
     fmt: str | None = None,
     keep: Filter | None = None,
+    on_progress: Callable[[IngestReport], None] | None = None,
 ) -> IngestReport:
     """Add the papers of `paths` (default: the bundled corpus) to the index, incrementally.
 
     `fmt` reads every file in that format (default: detected per file); `keep` leaves out the
     papers it does not admit. An interrupted ingest of a JSON Lines file resumes where its
-    last written batch ended.
+    last written batch ended. `on_progress(report)` after each written batch.
     """
     from rag.embed import get_embedder
     from rag.ingest import ingest_files
 
     files = list(paths) if paths else [settings.corpus_dir]
     embedder = embedder or get_embedder(settings)
-    return ingest_files(files, settings, embedder, fields, fmt, keep, progress)
+    return ingest_files(files, settings, embedder, fields, fmt, keep, progress, on_progress)
 
 
 def ensure_index(

@@ -16,6 +16,7 @@ from rag import prompts
 from rag.generation import fit, fitted_call, generate, room
 
 if TYPE_CHECKING:
+    from rag.answer import Answer
     from rag.generation import Generated
     from rag.llm import LLM
 
@@ -106,3 +107,70 @@ def pinned_papers(question: str, history: Sequence[Turn]) -> list[str]:
     if not history or not is_follow_up(question):
         return []
     return list(history[-1].cited_ids)
+
+
+def short_title(title: str) -> str:
+    """A paper's name for a question: the part before a colon, or its first six words."""
+    head = title.split(":", 1)[0].strip()
+    words = head.split()
+    return " ".join(words[:6]) + (" …" if len(words) > 6 else "")
+
+
+def template_follow_ups(answer: Answer) -> list[str]:
+    """Questions to ask next about the papers an answer cites (none after a refusal)."""
+    if answer.refused or not answer.citations:
+        return []
+    first = short_title(answer.citations[0].title)
+    asked = [
+        f"What are the limitations of {first}?",
+        f"What results does {first} report?",
+        f"How does {first} compare with {short_title(answer.citations[1].title)}?"
+        if len(answer.citations) > 1
+        else f"Which other papers address the problem {first} addresses?",
+    ]
+    return [q for q in asked if q.lower() != answer.question.strip().lower()]
+
+
+FOLLOW_UPS = 3
+LIST_MARK = re.compile(r"^\s*(?:[-*\u2022]|\d{1,2}[.)]|Q\d?[:.])\s*")
+CITATION_MARK = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
+
+
+def suggested_questions(reply: str, asked: str) -> list[str]:
+    """The questions in a model's reply: one per line, list marks, citation marks and quotes
+    taken off; only lines that are questions of 4 to 30 words, none the question asked."""
+    found: list[str] = []
+    for line in reply.splitlines():
+        line = CITATION_MARK.sub("", LIST_MARK.sub("", line)).strip().strip("\"'`*").strip()
+        words = len(line.split())
+        if not line.endswith("?") or not 4 <= words <= 30:
+            continue
+        if line.lower() in {q.lower() for q in found} | {asked.strip().lower()}:
+            continue
+        found.append(line)
+    return found[:FOLLOW_UPS]
+
+
+def suggest_follow_ups(answer: Answer, llm: LLM | None) -> list[str]:
+    """Questions to ask next: written by the LLM from the answer and its cited papers when
+    there is one (`RAG_FOLLOW_UP_TOKENS`), else, or when its reply holds no usable question,
+    from templates over the cited titles."""
+    templates = template_follow_ups(answer)
+    if llm is None or not templates:
+        return templates
+    papers = "\n".join(f"- {s.title}" for s in answer.citations)
+    content = prompts.render(
+        "follow_ups",
+        question=answer.question[:MAX_TURN_CHARS],
+        papers=papers,
+        answer=answer.answer[: 2 * MAX_TURN_CHARS],
+    )
+    tokens = llm.settings.follow_up_tokens
+    reply = generate(
+        llm,
+        [{"role": "user", "content": content}],
+        tokens,
+        what="follow-up suggestions",
+        setting="RAG_FOLLOW_UP_TOKENS",
+    )
+    return suggested_questions(reply.text, answer.question) or templates

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from rag.claims import flagged
 from rag.corpus import ARXIV_ID
+from rag.filters import shown_dates
 
 if TYPE_CHECKING:
     from rag.answer import Answer, Source
@@ -65,7 +66,7 @@ def reference(source: Source) -> str:
     """One line of a reference list: `[n]`, the title linked to the paper, the listing dates."""
     title = LINK_TEXT_SPECIAL.sub(r"\\\1", one_line(source.title))
     linked = f"[{title}]({safe_url(source.url)})" if source.url else title
-    when = f" ({', '.join(source.dates)})" if source.dates else ""
+    when = f" ({shown_dates(source.dates)})" if source.dates else ""
     return f"- [{source.n}] {linked}{when}"
 
 
@@ -110,7 +111,7 @@ def entry(key: str, source: Source) -> str:
     if source.url:
         fields.append(("url", safe_url(source.url)))
     if source.dates:
-        fields.append(("note", bibtex_text(f"Listed {', '.join(source.dates)}")))
+        fields.append(("note", bibtex_text(f"Listed {shown_dates(source.dates)}")))
     body = ",\n".join(f"  {name} = {{{value}}}" for name, value in fields)
     return f"@misc{{{key},\n{body}\n}}\n"
 

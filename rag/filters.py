@@ -6,8 +6,11 @@ metadata held in memory (the exact table, BM25), and over papers being read (ing
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+import json
+import re
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from rag.corpus import Paper
@@ -57,11 +60,13 @@ class Filter:
         return cls(since, names, tuple(dict.fromkeys(kept)))
 
     def where(self) -> dict[str, Any] | None:
-        """The Chroma `where` filter (None when nothing is filtered)."""
+        """The Chroma `where` filter (None when nothing is filtered). Chroma compares case, so
+        each category is asked for as typed and in the usual spellings (cs.lg: cs.LG)."""
         parts: list[dict[str, Any]] = []
         if self.since:
             parts.append({"date_num": {"$gte": date_number(self.since)}})
-        for key, values in (("categories", self.categories), ("sources", self.sources)):
+        spellings = tuple(dict.fromkeys(s for c in self.categories for s in _spellings(c)))
+        for key, values in (("categories", spellings), ("sources", self.sources)):
             alternatives = [{key: {"$contains": v}} for v in values]
             if alternatives:
                 parts.append(alternatives[0] if len(alternatives) == 1 else {"$or": alternatives})
@@ -86,7 +91,9 @@ class Filter:
     def _passes(self, date_num: int, categories: Collection[str], sources: Collection[str]) -> bool:
         if self.since and date_num < date_number(self.since):
             return False
-        if self.categories and not set(self.categories) & set(categories):
+        if self.categories and not {c.casefold() for c in self.categories} & {
+            c.casefold() for c in categories
+        }:
             return False
         return not self.sources or bool(set(self.sources) & set(sources))
 
@@ -97,3 +104,123 @@ class Filter:
         if self.sources:
             parts.append("source " + " or ".join(self.sources))
         return ", ".join(parts)
+
+
+def _spellings(category: str) -> list[str]:
+    """A category as typed, and as arXiv spells it (cs.lg: cs.LG; cond-mat.STAT-MECH:
+    cond-mat.stat-mech), lower and upper case: the spellings a stored category may have."""
+    archive, dot, subject = category.partition(".")
+    arxiv = archive.lower() + dot + (subject.upper() if len(subject) <= 2 else subject.lower())
+    return list(dict.fromkeys([category, arxiv, category.lower(), category.upper()]))
+
+
+MONTHS = "jan feb mar apr may jun jul aug sep oct nov dec".split()
+DATA_FILES = (".jsonl", ".json", ".csv", ".gz")
+
+
+def date_key(text: str) -> tuple[int, int, int]:
+    """A listing date (2024-05-08, or May 8 without a year) as (year, month, day), for order."""
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}.*", text):
+        return int(text[:4]), int(text[5:7]), int(text[8:10])
+    found = re.match(r"([A-Za-z]{3})[a-z]*\.? (\d{1,2})", text)
+    if found and found[1].lower() in MONTHS:
+        return 0, MONTHS.index(found[1].lower()) + 1, int(found[2])
+    return 0, 0, 0
+
+
+def has_year(text: str) -> bool:
+    return bool(re.search(r"\b\d{4}\b", text))
+
+
+def shown_dates(dates: Sequence[str]) -> str:
+    """Listing dates for a reader, saying when the page gave no year (May 8 is not a full
+    date)."""
+    text = ", ".join(sorted(dates, key=date_key))
+    return text if all(map(has_year, dates)) else f"{text}, no year on the listing page"
+
+
+@dataclass
+class SourceFacts:
+    """One source file of the collection: its papers and their listing dates."""
+
+    name: str
+    papers: set[str] = field(default_factory=set)
+    dates: set[str] = field(default_factory=set)
+
+    def label(self) -> str:
+        """A readable name: the user's file name, or for a listing page its date(s)."""
+        count = f"{len(self.papers)} paper{'s' * (len(self.papers) != 1)}"
+        if PurePath(self.name).suffix.lower() in DATA_FILES or not self.dates:
+            kind = self.name if PurePath(self.name).suffix.lower() in DATA_FILES else None
+            return f"{kind or 'Listing page without a date'} ({count})"
+        dates = sorted(self.dates, key=date_key)
+        span = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+        return f"Listing page of {span} ({count})"
+
+
+@dataclass
+class CollectionFacts:
+    """What the filters can use in a collection: its sources, categories and full dates."""
+
+    papers: int = 0
+    dated: int = 0
+    categories: set[str] = field(default_factory=set)
+    sources: dict[str, SourceFacts] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, metadatas: Iterable[dict[str, Any]]) -> CollectionFacts:
+        facts = cls()
+        seen: set[str] = set()
+        for meta in metadatas:
+            pid = meta.get("paper_id", "")
+            for source, day in json.loads(meta.get("listings") or "[]"):
+                entry = facts.sources.setdefault(source, SourceFacts(source))
+                entry.papers.add(pid)
+                if day:
+                    entry.dates.add(day)
+            if pid in seen:
+                continue
+            seen.add(pid)
+            facts.papers += 1
+            facts.dated += "date_num" in meta
+            facts.categories.update(meta.get("categories") or ())
+        return facts
+
+    def source_choices(self) -> list[tuple[str, str]]:
+        """(readable label, file name) per source, by label; a label two sources share gets
+        the file name too."""
+        ordered = sorted(
+            self.sources.values(),
+            key=lambda s: (min(map(date_key, s.dates)) if s.dates else (9999, 0, 0), s.name),
+        )
+        labels = [s.label() for s in ordered]
+        return [
+            (f"{label}: {s.name}" if labels.count(label) > 1 else label, s.name)
+            for label, s in zip(labels, ordered, strict=True)
+        ]
+
+    def undated_listings(self) -> bool:
+        """Whether listing dates lack a year (so `since` cannot use them)."""
+        return any(not has_year(d) for s in self.sources.values() for d in s.dates)
+
+
+def nothing_admitted(filters: Filter, papers: int, dated: int) -> str:
+    """The one-line reason `filters` admits none of `papers` (`dated`: how many have a full
+    date)."""
+    line = f"No paper matches the filters ({filters.describe()})"
+    if filters.since and dated == 0 and papers:
+        return (
+            f"{line}: none of the {papers} papers has a full date (listing pages give dates "
+            "without a year), so a date filter leaves every one out"
+        )
+    if filters.since and dated < papers:
+        return (
+            f"{line}: {papers - dated} of the {papers} papers have no full date (listing "
+            "pages give none), which a date filter leaves out"
+        )
+    if filters.categories and not (filters.since or filters.sources):
+        return (
+            f"{line}: none of the {papers} papers is in that category (only arXiv records "
+            "and files with a categories field give papers categories)"
+        )
+    return f"{line}: none of the {papers} papers in the collection passes them"

@@ -314,12 +314,14 @@ def ingest_files(
     fmt: str | None = None,
     keep: Filter | None = None,
     progress: bool = False,
+    on_progress: Callable[[IngestReport], None] | None = None,
 ) -> IngestReport:
     """Add the papers of `paths` (files or directories) to the index, incrementally.
 
     `fmt` reads every file in that format (default: detected per file); `keep` leaves out the
     papers it does not admit. An interrupted ingest of a JSON Lines file resumes where its
-    last written batch ended.
+    last written batch ended. `on_progress(report)` after each written batch (the counts so
+    far).
     """
     report = IngestReport()
     files = expand_paths(list(paths), report.errors)  # an empty directory is one error
@@ -331,6 +333,7 @@ def ingest_files(
         progress=progress,
         on_batch=reader.batch_written,
         report=report,
+        on_progress=on_progress,
     )
 
 
@@ -342,6 +345,7 @@ def ingest_papers(
     progress: bool = False,
     on_batch: Callable[[], None] | None = None,
     report: IngestReport | None = None,
+    on_progress: Callable[[IngestReport], None] | None = None,
 ) -> IngestReport:
     """Add or update `papers` in the index; unchanged papers cost no embedding at all.
     `on_batch()` is called after each batch is written (checkpoints are saved there); the
@@ -366,6 +370,9 @@ def ingest_papers(
                         status[pid] = state
                 if on_batch is not None:
                     on_batch()
+                if on_progress is not None:
+                    report.count(status)
+                    on_progress(report)
         report.count(status)
         report.papers_total = store.paper_count() if store.exists() else 0
         if store.written:

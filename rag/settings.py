@@ -190,6 +190,7 @@ class Settings(BaseSettings):
     llm_context_tokens: int = Field(default=8192, ge=512, description=CONTEXT_HELP)
     answer_tokens: int = budget(600, 16, "an answer")
     rewrite_tokens: int = budget(80, 8, "a follow-up rewritten as a standalone question")
+    follow_up_tokens: int = budget(120, 16, "the follow-up questions suggested under an answer")
     summary_map_tokens: int = budget(160, 16, "one paper's line in a topic summary")
     summary_reduce_tokens: int = budget(900, 32, "a topic summary's overview")
     paper_summary_tokens: int = budget(600, 32, "a one-paper summary")
@@ -253,6 +254,15 @@ class Settings(BaseSettings):
         "127.0.0.1 unless `rag serve --host` says otherwise).",
     )
 
+    ui_upload: bool = Field(
+        default=True,
+        description=(
+            "Whether the web UI lets people add papers (upload JSON Lines, CSV or listing "
+            "files). Even when true, never on a host other than 127.0.0.1 without RAG_UI_AUTH "
+            "(anyone could fill the index)."
+        ),
+    )
+
     @field_validator("openai_base_url", "chroma_host", "chroma_auth_token")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
@@ -278,6 +288,12 @@ class Settings(BaseSettings):
             return None
         user, _, password = self.ui_auth.get_secret_value().partition(":")
         return user, password
+
+    def ui_upload_allowed(self, host: str) -> bool:
+        """Whether the UI served on `host` offers uploads: not when off, and not on a shared
+        host without a login."""
+        loopback = host in ("127.0.0.1", "localhost", "::1")
+        return self.ui_upload and (loopback or self.ui_auth is not None)
 
     @property
     def llm_configured(self) -> bool:

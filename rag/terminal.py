@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from rag.filters import shown_dates
 from rag.prompts import printable
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def print_answer(answer: Answer, streamed: bool) -> None:
     if answer.citations:
         say("\nSources:")
         for source in answer.citations:
-            when = f" ({', '.join(source.dates)})" if source.dates else ""
+            when = f" ({shown_dates(source.dates)})" if source.dates else ""
             say(f"  [{source.n}] {source.title}{when}  {source.url}")
             if source.quote:
                 say(f'      "{shorten(source.quote)}"')

@@ -351,6 +351,10 @@ def test_cli_ingests_a_snapshot_with_filters_and_searches_with_them(tmp_path: Pa
     assert all(r["url"] == f"https://arxiv.org/abs/{r['paper_id']}" for r in results)
     only = run_rag("search", "protein folding", "--category", "q-bio.BM", "--json")
     assert [r["paper_id"] for r in json.loads(only.stdout)["results"]] == ["1907.00004"]
+    typed = run_rag("search", "protein folding", "--category", "Q-BIO.bm", "--json")
+    assert [r["paper_id"] for r in json.loads(typed.stdout)["results"]] == ["1907.00004"]
+    none = run_rag("search", "protein folding", "--since", "2031-01-01")
+    assert none.returncode == 2 and "No paper matches the filters (since 2031-01-01)" in none.stderr
     bad = run_rag("search", "x", "--since", "yesterday")
     assert bad.returncode == 2 and "not a date like 2024-01-31" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -227,3 +227,19 @@ def test_first_use_builds_the_index(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "building it from the bundled corpus" in result.stderr
     assert json.loads(result.stdout)["results"][0]["paper_id"] == "lion"
+
+
+def test_a_date_filter_over_listing_pages_says_why_it_leaves_every_paper_out(
+    corpus_settings: Settings,
+) -> None:
+    """Listing pages give dates without a year: `--since` admits none of the bundled papers,
+    and the one-line message says that is why (not just "no paper matches")."""
+    found = run_rag("search", "floating point multiplication", "--since", "2024-01-01")
+    assert found.returncode == 2 and "Traceback" not in found.stderr
+    assert found.stderr.count("\n") == 1, found.stderr
+    assert "none of the 401 papers has a full date" in found.stderr
+    assert "listing pages give dates without a year" in found.stderr
+    category = run_rag("ask", "What is L-Mul?", "--category", "cs.LG", "--no-llm")
+    assert category.returncode == 2 and "none of the 401 papers is in that category" in (
+        category.stderr
+    )

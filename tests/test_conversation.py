@@ -68,3 +68,44 @@ def test_follow_up_over_the_corpus_keeps_the_paper(corpus_settings: Settings) ->
     assert second.answer != first.answer
     assert "we examine the limitations of Lion" in second.answer
     assert {s.title for s in second.sources} <= {s.title for s in first.citations}
+
+
+def test_suggested_questions_are_read_from_a_rambling_reply() -> None:
+    from rag.conversation import suggested_questions
+
+    reply = (
+        "Here are some follow-up questions:\n"
+        "1. What are the limits of L-Mul in practice? [1]\n"
+        "* **How does Lion compare with AdamW on memory?** [2]\n"
+        "- Why?\n"
+        "2) What are the limits of L-Mul in practice?\n"
+        "Q3: Which benchmarks does the pointer network use?\n"
+        "4. What else do the authors propose here?"
+    )
+    assert suggested_questions(reply, "What is L-Mul?") == [
+        "What are the limits of L-Mul in practice?",
+        "How does Lion compare with AdamW on memory?",
+        "Which benchmarks does the pointer network use?",
+    ]
+    assert suggested_questions("No questions, sorry.", "x") == []
+
+
+def test_without_an_llm_follow_ups_come_from_the_cited_titles() -> None:
+    from rag.answer import Answer, Source
+    from rag.conversation import suggest_follow_ups
+
+    cited = [
+        Source(1, "a", "Addition is All You Need: Energy-efficient Models", "s", 0.9, []),
+        Source(2, "b", "Symbolic Discovery of Optimization Algorithms", "s", 0.8, []),
+    ]
+    found = Answer(
+        "What is L-Mul?", "L-Mul adds [1]. Lion [2].", cited, mode="llm", citations=cited
+    )
+    assert suggest_follow_ups(found, None) == [
+        "What are the limitations of Addition is All You Need?",
+        "What results does Addition is All You Need report?",
+        "How does Addition is All You Need compare with Symbolic Discovery of Optimization "
+        "Algorithms?",
+    ]
+    found.answer = "The collection does not cover this question."
+    assert suggest_follow_ups(found, None) == []

@@ -60,7 +60,8 @@ def test_answer_markdown_numbers_its_references_and_keeps_flags() -> None:
     references = md.split("**References**\n\n")[1].splitlines()
     assert references == [
         "- [2] [Symbolic Discovery of Optimization Algorithms](https://arxiv.org/abs/2302.06675)",
-        "- [1] [Pointer \\[Networks\\]](https://example.org/a%20b) (May 8)",
+        "- [1] [Pointer \\[Networks\\]](https://example.org/a%20b) (May 8, no year on the "
+        "listing page)",
     ]
     assert answer_markdown(found, heading="## Turn 1").startswith("## Turn 1\n\n")
 
@@ -139,3 +140,15 @@ def test_format_and_json_conflict_is_a_usage_error() -> None:
     assert result.returncode == 2
     assert "Error: --json and --format bib conflict" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_listing_dates_without_a_year_say_so_everywhere_they_are_shown() -> None:
+    from ui.render import render_sources
+
+    dated = source(1, "Dated", "https://arxiv.org/abs/2401.00001", ["2024-01-05"])
+    undated = source(2, "Undated", "https://example.org/u", ["May 8", "Mar 17"])
+    found = answer("q?", "Dated says so [1]. Undated too [2].", [dated, undated])
+    panel = render_sources(found)
+    assert "listed 2024-01-05\n" in panel or "listed 2024-01-05 " in panel
+    assert "listed Mar 17, May 8, no year on the listing page" in panel
+    assert "(Mar 17, May 8, no year on the listing page)" in answer_markdown(found)

@@ -3,6 +3,7 @@ API through gradio_client (8 chats at once), LLM failures, the no-LLM banner and
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -46,6 +47,11 @@ def scripted_llm(body: dict[str, Any]) -> str:
     prompt = body["messages"][-1]["content"]
     if "Rewrite the user's last message" in prompt:
         return "What are the limitations of the L-Mul multiplication algorithm?"
+    if "Suggest three short follow-up questions" in prompt:  # as small models write lists
+        return (
+            "Sure! Here are three questions:\n1. How accurate is L-Mul on transformer inference? "
+            "[1]\n2) **What energy savings does L-Mul report?**\n- Why?\n"
+        )
     if "In one or two sentences" in prompt:  # summary map step
         return "It contributes a dataset."
     if "Write the overview" in prompt:  # summary reduce step
@@ -167,7 +173,12 @@ def test_chat_in_a_real_browser_streams_cites_and_follows_up(
     ]
     assert condense, "the follow-up was not condensed with the history"
     assert "User: How does L-Mul replace" in condense[-1]["body"]["messages"][-1]["content"]
-    answers = [r for r in llm_server.chat_requests() if r["body"].get("stream")]
+    answers = [
+        r
+        for r in llm_server.chat_requests()
+        if "Suggest three short follow-up" not in r["body"]["messages"][-1]["content"]
+        and "Rewrite the user's last message" not in r["body"]["messages"][-1]["content"]
+    ]
     assert "limitations of the L-Mul" in answers[-1]["body"]["messages"][-1]["content"]
 
     page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
@@ -176,41 +187,38 @@ def test_chat_in_a_real_browser_streams_cites_and_follows_up(
     page.close()
 
 
-def test_filters_in_the_page_restrict_what_is_searched_and_cited(
-    served: tuple[str, subprocess.Popen[str], Path],
-    browser: Any,
-    llm_server: FakeLLM,
-    bundled_corpus: Path,
+def test_filters_say_what_this_collection_can_filter_by_and_restrict_the_search(
+    served: tuple[str, subprocess.Popen[str], Path], browser: Any, bundled_corpus: Path
 ) -> None:
     from rag.corpus import Paper, iter_file
 
     url, _, _ = served
     page = open_page(browser, url)
     page.get_by_text("Filters: which papers may be searched and cited").click()
-    chat, sources = page.locator("#chat"), page.locator("#sources")
-    since = page.locator("#filter-since textarea, #filter-since input").first
+    sources = page.locator("#sources")
+    # Listing pages give no year and no categories: those filters are not offered, and say why.
+    notes = page.locator("#filter-notes")
+    notes.get_by_text("No date filter").wait_for(timeout=30_000)
+    assert "No category filter" in notes.inner_text()
+    assert not page.locator("#filter-since").is_visible()
+    assert not page.locator("#filter-category").is_visible()
 
-    since.fill("2024-13-45")
-    ask_in_page(page, "How does L-Mul replace floating point multiplication?")
-    chat.get_by_text("is not a date like 2024-01-31", exact=False).wait_for(timeout=60_000)
-
-    # Listing pages carry no year: no paper is dated, so none may be searched, none cited.
-    since.fill("2020-01-01")
-    asked = len(llm_server.chat_requests())
-    ask_in_page(page, "How does L-Mul replace floating point multiplication?")
-    sources.get_by_text("No retrieved paper supports an answer").wait_for(timeout=60_000)
-    assert len(llm_server.chat_requests()) == asked  # nothing to cite: the LLM is not called
-
-    # One source file: every paper shown comes from it.
-    since.fill("")
+    # Source files by readable names (the page's date), never 000_<hash>.txt.
     files = sorted(bundled_corpus.glob("*.txt"))
-    titles = {p.title for p in iter_file(files[1]) if isinstance(p, Paper)}
+    titles = {p.title for p in iter_file(files[0]) if isinstance(p, Paper)}
     picker = page.locator("#filter-source input")
     picker.click()
-    picker.fill(files[1].name)
+    options = page.locator("#filter-source [role=option], ul.options li")
+    options.first.wait_for(timeout=10_000)
+    shown = options.all_inner_texts()
+    assert f"Listing page of May 8 ({len(titles)} papers)" in shown, shown
+    assert not any(name.endswith(".txt") for name in shown), shown
+    picker.fill("May 8")
     picker.press("Enter")
     page.keyboard.press("Escape")
-    ask_in_page(page, "language models")
+    ask_in_page(
+        page, "How does adaptive weighted rejection sampling speed up constrained decoding?"
+    )
     sources.get_by_text("Also retrieved").wait_for(timeout=60_000)
     panel = sources.inner_text()
     listed = [
@@ -220,6 +228,108 @@ def test_filters_in_the_page_restrict_what_is_searched_and_cited(
     ]
     assert len(listed) >= 3 and all(t in titles for t in listed), listed
     page.close()
+
+
+def test_papers_added_from_the_page_are_searchable_and_bad_filters_are_shown_by_the_fields(
+    corpus_index: Path, browser: Any, tmp_path: Path
+) -> None:
+    """Upload a JSON Lines file (arXiv fields: dates and categories) with one bad line: counts
+    and the line's error are shown, the new papers are found, and the filters they bring (date,
+    category in any case) appear; a bad date is reported next to its field, not in the chat."""
+    shutil.copytree(corpus_index, tmp_path / "index")
+    upload = tmp_path / "my-reading-list.jsonl"
+    records = [
+        {
+            "id": f"2406.0000{n}",
+            "title": title,
+            "abstract": abstract,
+            "categories": cats,
+            "update_date": day,
+        }
+        for n, (title, abstract, cats, day) in enumerate(
+            [
+                (
+                    "Glacier Flow Forecasting with Graph Networks",
+                    "We forecast glacier flow velocities with graph neural networks over "
+                    "satellite radar measurements. The forecasts cut the error of ice-sheet "
+                    "models by a third on Greenland outlet glaciers.",
+                    "cs.LG physics.geo-ph",
+                    "2024-06-03",
+                ),
+                (
+                    "Sea Ice Concentration from Passive Microwave Data",
+                    "We estimate sea ice concentration from passive microwave brightness "
+                    "temperatures with a convolutional network trained on ship observations.",
+                    "physics.ao-ph",
+                    "2023-02-10",
+                ),
+            ]
+        )
+    ]
+    lines = [json.dumps(r) for r in records] + ["{not json"]
+    upload.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with serving({"RAG_INDEX_DIR": str(tmp_path / "index")}, tmp_path) as (url, _):
+        page = open_page(browser, url)
+        page.get_by_role("tab", name="Add papers").click()
+        page.locator("#upload input[type=file]").set_input_files(str(upload))
+        page.locator("#add-papers").click()
+        status = page.locator("#upload-status")
+        status.get_by_text("2 new papers").wait_for(timeout=120_000)
+        text = status.inner_text()
+        assert "1 record skipped" in text, text
+        assert "my-reading-list.jsonl:3: not valid JSON" in text and "/tmp" not in text, text
+        assert "403 papers" in text, text
+
+        page.get_by_role("tab", name="Chat").click()
+        page.get_by_text("Filters: which papers may be searched and cited").click()
+        since = page.locator("#filter-since textarea, #filter-since input").first
+        since.wait_for(timeout=30_000)  # the uploaded papers have full dates: offered now
+        since.fill("2024-13-45")
+        since.press("Tab")
+        error = page.locator("#filter-error")
+        error.get_by_text("is not a date like 2024-01-31", exact=False).wait_for(timeout=30_000)
+        ask_in_page(page, "How are glacier flow velocities forecast?")
+        page.wait_for_timeout(1500)
+        assert page.locator("#chat .message").count() == 0  # not asked: the date is wrong
+        assert page.locator("#question textarea").input_value().startswith("How are glacier")
+
+        since.fill("2024-01-01")
+        category = page.locator("#filter-category textarea, #filter-category input").first
+        category.fill("CS.lg")  # any case
+        category.press("Tab")
+        page.wait_for_timeout(1000)
+        assert not error.is_visible()
+        ask_in_page(page, "How are glacier flow velocities forecast?")
+        sources = page.locator("#sources")
+        sources.get_by_text("Glacier Flow Forecasting with Graph Networks").first.wait_for(
+            timeout=60_000
+        )
+        assert "Sea Ice Concentration" not in sources.inner_text()  # 2023, and not cs.LG
+        picker = page.locator("#filter-source input")
+        picker.click()
+        options = page.locator("#filter-source [role=option], ul.options li")
+        options.first.wait_for(timeout=10_000)
+        assert "my-reading-list.jsonl (2 papers)" in options.all_inner_texts()
+        page.close()
+
+
+def test_uploads_are_off_on_a_shared_host_without_a_login() -> None:
+    from rag.settings import Settings
+
+    assert Settings().ui_upload_allowed("127.0.0.1")
+    assert not Settings().ui_upload_allowed("0.0.0.0")
+    assert Settings(ui_auth="ann:secret").ui_upload_allowed("0.0.0.0")
+    assert not Settings(ui_upload=False).ui_upload_allowed("127.0.0.1")
+
+
+def test_the_add_papers_tab_exists_only_when_uploads_are_allowed(corpus_settings: Any) -> None:
+    from ui.app import build_app
+
+    def tabs(uploads: bool) -> set[str]:
+        app = build_app(corpus_settings, uploads=uploads)
+        return {c.label for c in app.blocks.values() if c.__class__.__name__ == "Tab"}
+
+    assert "Add papers" in tabs(True) and "Add papers" not in tabs(False)
 
 
 def test_summaries_tab_topic_and_paper(
@@ -613,12 +723,18 @@ def test_the_conversation_downloads_as_markdown_and_bibtex(
     page = open_page(browser, url)
     ask_in_page(page, "How does L-Mul replace floating point multiplication?")
     wait_answers(page, 1)
-    # Suggested follow-ups about the cited paper; one click puts one in the box.
-    suggestion = page.locator("#follow-ups").get_by_text("What are the limitations of Addition")
-    suggestion.click()
+    # Follow-ups the LLM suggested (list marks, [1] and a bare "Why?" taken off), in full;
+    # one click puts one in the box.
+    suggested = page.locator("#follow-ups button")
+    suggested.first.get_by_text("How accurate is L-Mul").wait_for(timeout=30_000)
+    assert [b for b in suggested.all_inner_texts() if b.strip()] == [
+        "How accurate is L-Mul on transformer inference?",
+        "What energy savings does L-Mul report?",
+    ]
+    suggested.nth(1).click()
     page.wait_for_function(
         "() => document.querySelector('#question textarea').value"
-        ".startsWith('What are the limitations of Addition is All You Need')",
+        " === 'What energy savings does L-Mul report?'",
         timeout=10_000,
     )
     with page.expect_download() as download:

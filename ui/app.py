@@ -7,19 +7,11 @@ The same chat is the API endpoint `/chat` for scripts (`gradio_client`).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import queue
 import tempfile
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-# No analytics, version checks or hub telemetry: the app must run offline and leak nothing.
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr
 
@@ -27,16 +19,16 @@ from rag.api import Assistant
 from rag.conversation import Turn
 from rag.errors import RagError
 from rag.export import cited_bibtex, conversation_markdown
-from rag.filters import Filter
+from ui.background import in_background
+from ui.panels import checked_filters, filter_error, filters_panel, upload_panel, wire_filter_checks
 from ui.render import (
-    api_text,
     as_text,
     chat_message,
-    follow_ups,
     render_sources,
     render_summary,
     streaming_text,
 )
+from ui.tools import serve_tools
 
 if TYPE_CHECKING:
     from rag.answer import Answer
@@ -55,75 +47,17 @@ NO_LLM_BANNER = (
     "`OPENAI_API_KEY`, `OPENAI_BASE_URL` and `RAG_LLM_MODEL`, then restart."
 )
 EMPTY_SOURCES = "### Sources\nAsk a question: the papers behind the answer appear here."
+NO_ANSWER = "### Sources\n_No answer: see the message in the chat._"
 WORKING = "_Searching the collection and writing the answer…_"
 MODES = ("LLM", "Extractive")
 # On a phone the chat is shorter, so the question box is on the first screen (below the banner).
-PHONE_CSS = "@media (max-width: 640px) { #chat { height: 42vh !important; max-height: 42vh; } }"
+# The footer's separator that follows nothing is hidden.
+CSS = """
+@media (max-width: 640px) { #chat { height: 42vh !important; max-height: 42vh; } }
+footer > .divider:last-child { display: none; }
+"""
 # Chats served at once: most of a chat is waiting on the LLM, so many fit on 2 cores.
 CONCURRENCY = 32
-
-
-def _content_text(content: Any) -> str:
-    """Chat message content as text (Gradio 6 gives a list of parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
-
-
-def turns_from_messages(history: Sequence[dict[str, Any]] | None) -> list[Turn]:
-    """Turns from a messages-format history (user, assistant, user, ...), for `/chat` callers."""
-    turns: list[Turn] = []
-    pending: str | None = None
-    for message in history or []:
-        if not isinstance(message, dict):
-            continue
-        text = _content_text(message.get("content"))
-        if message.get("role") == "user":
-            pending = text
-        elif message.get("role") == "assistant" and pending is not None:
-            turns.append(Turn(pending, text))
-            pending = None
-    return turns
-
-
-class Stopped(Exception):
-    """The reader stopped the answer (Stop, Clear, or a closed page)."""
-
-
-def in_background(work: Any) -> Iterator[Any]:
-    """Run `work(emit)` in a thread; yield what it emits, then its result or its `RagError`.
-    Closing this generator (Gradio does when the event is cancelled) makes the next `emit`
-    raise, which ends the LLM stream and closes its connection."""
-    items: queue.Queue[Any] = queue.Queue()
-    done = object()
-    stop = threading.Event()
-
-    def emit(item: Any) -> None:
-        if stop.is_set():
-            raise Stopped
-        items.put(item)
-
-    def run() -> None:
-        try:
-            items.put(work(emit))
-        except Stopped:
-            pass
-        except RagError as exc:
-            items.put(exc)
-        except Exception as exc:  # a bug must end in a message, never a chat stuck waiting
-            log.exception("answering failed")
-            items.put(RagError(f"something went wrong ({exc.__class__.__name__}); see the log"))
-        finally:
-            items.put(done)
-
-    threading.Thread(target=run, daemon=True).start()
-    try:
-        while (item := items.get()) is not done:
-            yield item
-    finally:
-        stop.set()
 
 
 def saved(answers: Sequence[Answer]) -> tuple[str | None, str | None]:
@@ -142,9 +76,14 @@ def saved(answers: Sequence[Answer]) -> tuple[str | None, str | None]:
     return str(markdown), str(references)
 
 
-def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Blocks:
+def build_app(
+    settings: Settings, assistant: Assistant | None = None, uploads: bool | None = None
+) -> gr.Blocks:
+    """The app; `uploads`: offer the "Add papers" tab (default: as on 127.0.0.1)."""
     assistant = assistant or Assistant(settings)
     llm_ready = settings.llm_configured
+    if uploads is None:
+        uploads = settings.ui_upload_allowed("127.0.0.1")
 
     def respond(
         message: str,
@@ -157,12 +96,17 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         model: str,
         since: str,
         categories: str,
-        sources: list[str],
-    ) -> Iterator[tuple[Any, ...]]:
+        source_names: list[str],
+    ) -> Iterator[dict[Any, Any]]:
+        """Each yield updates only the components it names."""
         chat = list(chat or [])
-        skip = (gr.skip(),) * 4  # answers, the two downloads, the suggested follow-ups
         if not (message or "").strip():
-            yield chat, gr.skip(), "", turns, *skip
+            yield {box: ""}
+            return
+        try:  # a bad filter is shown next to the filters, not in the chat
+            filters = checked_filters(assistant, since, categories, source_names)
+        except RagError as exc:
+            yield filter_error(filters_ui, str(exc))
             return
         request = assistant.adjusted(
             no_llm=answer_mode != "LLM" or not llm_ready,
@@ -170,16 +114,14 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
             retriever=mode,
             llm_model=(model or "").strip() or None,
         )
-        chat += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-        try:
-            filters = Filter.from_text(since, categories, sources or [])
-        except RagError as exc:
-            chat[-1] = {"role": "assistant", "content": f"⚠️ Filters: {as_text(str(exc))}"}
-            yield chat, gr.skip(), message, turns, *skip
-            return
-        chat[-1] = {"role": "assistant", "content": WORKING}
+        chat += [{"role": "user", "content": message}, {"role": "assistant", "content": WORKING}]
         # The box is emptied once, now: what is typed while the answer is written stays.
-        yield chat, "### Sources\n_Searching the collection…_", "", turns, *skip
+        yield {
+            chatbot: chat,
+            sources: "### Sources\n_Searching the collection…_",
+            box: "",
+            **filter_error(filters_ui, None),
+        }
         streamed = ""
         for item in in_background(
             lambda emit: request.chat(message, turns, on_token=emit, filters=filters)
@@ -187,23 +129,47 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
             if isinstance(item, str):
                 streamed += item
                 chat[-1] = {"role": "assistant", "content": streaming_text(streamed, int(k))}
-                yield chat, gr.skip(), gr.skip(), turns, *skip
+                yield {chatbot: chat}
             elif isinstance(item, RagError):
                 note = "\n\n_(answer interrupted)_" if streamed else ""
                 text = f"{as_text(streamed)}{note}\n\n⚠️ {as_text(str(item))}"
                 chat[-1] = {"role": "assistant", "content": text}
-                failed = "### Sources\n_No answer: see the message in the chat._"
-                yield chat, failed, gr.skip(), turns, *skip
+                yield {
+                    chatbot: chat,
+                    sources: "### Sources\n_No answer: see the message in the chat._",
+                }
             else:
                 answer, turn = item
                 chat[-1] = {"role": "assistant", "content": chat_message(answer, len(turns))}
                 kept = [*answers, answer]
-                nexts = gr.Dataset(samples=[[q] for q in follow_ups(answer)])
-                sources_md = render_sources(answer)
-                yield chat, sources_md, gr.skip(), [*turns, turn], kept, *saved(kept), nexts
+                md, bib = saved(kept)
+                yield {
+                    chatbot: chat,
+                    sources: render_sources(answer),
+                    turns_state: [*turns, turn],
+                    answers_state: kept,
+                    save_md: md,
+                    save_bib: bib,
+                    **suggestions([]),
+                }
+                # Then the questions to ask next (an LLM call of its own when there is one).
+                for nexts in in_background(lambda _: request.follow_ups(answer)):  # noqa: B023
+                    if isinstance(nexts, list):
+                        # The files again: Gradio empties a download button that a later
+                        # yield of the same event skips.
+                        yield {**suggestions(nexts), save_md: md, save_bib: bib}
 
-    def fresh() -> tuple[Any, ...]:
-        return [], EMPTY_SOURCES, [], [], None, None, gr.Dataset(samples=[])
+    def suggestions(questions: Sequence[str]) -> dict[Any, Any]:
+        """The "Ask next" buttons showing `questions` (hidden when there are none)."""
+        shown = {next_label: gr.Markdown(visible=bool(questions))}
+        for n, button in enumerate(next_buttons):
+            text = questions[n] if n < len(questions) else ""
+            shown[button] = gr.Button(value=text, visible=bool(text))
+        return shown
+
+    def fresh() -> dict[Any, Any]:
+        cleared = {chatbot: [], sources: EMPTY_SOURCES, turns_state: [], answers_state: []}
+        return {**cleared, save_md: None, save_bib: None, **suggestions([])}
 
     def summarize_topic(
         topic: str,
@@ -218,7 +184,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
             return
         no_llm = answer_mode != "LLM" or not llm_ready
         try:
-            filters = Filter.from_text(since, categories, sources or [])
+            filters = checked_filters(assistant, since, categories, sources)
         except RagError as exc:
             yield f"⚠️ Filters: {as_text(str(exc))}"
             return
@@ -245,113 +211,27 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         if not (title or "").strip():
             return "Pick or type a paper title first."
         try:
-            filters = Filter.from_text(since, categories, sources or [])
+            filters = checked_filters(assistant, since, categories, sources)
             request = assistant.adjusted(no_llm=answer_mode != "LLM" or not llm_ready)
             return render_summary(request.summarize_paper(title, filters=filters))
         except RagError as exc:
             return f"⚠️ {as_text(str(exc))}"
 
-    def chat_api(message: str, history: list | None = None) -> str:
-        """Answer `message` (with an optional messages-format history); the answer text, then
-        its cited sources by number and title."""
-        request = assistant.adjusted(no_llm=not llm_ready)
-        try:
-            answer, _ = request.chat(message, turns_from_messages(history))
-        except RagError as exc:  # the message the chat shows, not Gradio's opaque one
-            raise gr.Error(str(exc)) from None
-        return api_text(answer)
-
-    def chat_json(message: str, history: list | None = None) -> dict[str, Any]:
-        """Answer `message` (with an optional messages-format history); the answer as `rag ask
-        --json` gives it: citations, sources, and each claim with its evidence and verdict."""
-        request = assistant.adjusted(no_llm=not llm_ready)
-        try:
-            answer, _ = request.chat(message, turns_from_messages(history))
-        except RagError as exc:
-            raise gr.Error(str(exc)) from None
-        return answer.to_json()
-
-    def search(query: str, k: int = 10) -> str:
-        """Search the collection of paper abstracts (dense and BM25, fused per paper).
-
-        Args:
-            query: what to look for, in any words.
-            k: how many papers to return, 1 to 50.
-
-        Returns:
-            JSON: the query and the papers, best first: rank, paper_id, title, score, the best
-            matching snippet and the listing dates.
-        """
-        try:
-            papers = assistant.search(query, max(1, min(int(k), 50)))
-        except RagError as exc:
-            raise gr.Error(str(exc)) from None
-        results = [{"rank": i, **p.to_json()} for i, p in enumerate(papers, start=1)]
-        return json.dumps({"query": query, "results": results}, ensure_ascii=False)
-
-    def ask(question: str) -> str:
-        """Answer a question from the paper abstracts, every claim citing the paper it comes from.
-
-        Args:
-            question: the question, in any words.
-
-        Returns:
-            JSON (as `rag ask --json`): the answer with [n] citations, the cited papers (n,
-            title, url), the sources, and each claim with the passage that supports it and a
-            verdict (supported, weak, unsupported, uncited); "does not cover" when no paper
-            answers it.
-        """
-        return json.dumps(chat_json(question), ensure_ascii=False)
-
-    def summarize(topic: str, max_papers: int = 8) -> str:
-        """A cited overview of what the collection's papers say about a topic.
-
-        Args:
-            topic: the topic, in any words.
-            max_papers: the most papers to cover, 2 to 20.
-
-        Returns:
-            JSON (as `rag summarize --json`): the overview (each sentence citing [n]), the
-            papers it covers with one line each, and the references.
-        """
-        try:
-            request = assistant.adjusted(no_llm=not llm_ready)
-            summary = request.summarize(topic, max(2, min(int(max_papers), 20)))
-            return json.dumps(summary.to_json(), ensure_ascii=False)
-        except RagError as exc:
-            raise gr.Error(str(exc)) from None
-
     with gr.Blocks(title=TITLE) as app:
         gr.Markdown(f"# {TITLE}\nCited answers over the paper abstracts in the collection.")
         if not llm_ready:
             gr.Markdown(NO_LLM_BANNER, elem_id="no-llm-banner")
-        turns = gr.State([])
-        answers = gr.State([])  # this conversation's answers, for the downloads
-        with gr.Accordion("Filters: which papers may be searched and cited", open=False):
-            with gr.Row():
-                since = gr.Textbox(
-                    label="Since (YYYY-MM-DD)",
-                    placeholder="e.g. 2024-01-01",
-                    elem_id="filter-since",
-                )
-                categories = gr.Textbox(
-                    label="arXiv categories (any of)",
-                    placeholder="e.g. cs.LG cs.CL",
-                    elem_id="filter-category",
-                )
-                source_files = gr.Dropdown(
-                    assistant.source_files(),
-                    value=[],
-                    multiselect=True,
-                    label="Source files (any of)",
-                    elem_id="filter-source",
-                )
+        turns_state = gr.State([])
+        answers_state = gr.State([])  # this conversation's answers, for the downloads
+        filters_ui = filters_panel(assistant.collection_facts())
+        wire_filter_checks(filters_ui, assistant)
         with gr.Tabs():
             with gr.Tab("Chat"):
                 with gr.Row():
                     with gr.Column(scale=3):
                         chatbot = gr.Chatbot(
                             label="Chat",
+                            show_label=False,  # the tab says it; a floating label hid messages
                             height=480,
                             buttons=["copy"],
                             elem_id="chat",
@@ -374,13 +254,20 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
                             save_bib = gr.DownloadButton(
                                 "Cited papers (BibTeX)", elem_id="save-bib", size="sm"
                             )
-                        suggested = gr.Dataset(
-                            components=[box],
-                            samples=[],
-                            label="Ask next (from the cited papers)",
-                            elem_id="follow-ups",
-                        )
-                        gr.Examples(EXAMPLES, inputs=box, label="Example questions")
+                        # Buttons, not Gradio's examples, which cut a question at 60 characters.
+                        with gr.Column(elem_id="follow-ups"):
+                            next_label = gr.Markdown(
+                                "**Ask next** (about the cited papers)", visible=False
+                            )
+                            next_buttons = [
+                                gr.Button("", visible=False, size="sm", elem_classes=["question"])
+                                for _ in range(3)
+                            ]
+                        with gr.Column(elem_id="examples"):
+                            gr.Markdown("**Example questions**")
+                            example_buttons = [
+                                gr.Button(q, size="sm", elem_classes=["question"]) for q in EXAMPLES
+                            ]
                     with gr.Column(scale=2):
                         sources = gr.Markdown(EMPTY_SOURCES, elem_id="sources")
                         with gr.Accordion("Options", open=False):
@@ -424,18 +311,31 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
                         paper_button = gr.Button("Summarise the paper", elem_id="summarize-paper")
                     with gr.Column(scale=3):
                         summary = gr.Markdown("", elem_id="summary")
-        filter_inputs = [since, categories, source_files]
-        inputs = [box, chatbot, turns, answers, k, mode, answer_mode, model, *filter_inputs]
-        outputs = [chatbot, sources, box, turns, answers, save_md, save_bib, suggested]
-        suggested.click(lambda sample: sample[0], suggested, box, api_visibility="private")
+            if uploads:
+                with gr.Tab("Add papers"):
+                    upload_panel(assistant, filters_ui, picker)
+        filter_inputs = filters_ui.inputs
+        inputs = [box, chatbot, turns_state, answers_state, k, mode, answer_mode, model]
+        inputs += filter_inputs
+        outputs = [chatbot, sources, box, turns_state, answers_state, save_md, save_bib]
+        outputs += [next_label, *next_buttons, filters_ui.error, filters_ui.accordion]
+        for button in [*next_buttons, *example_buttons]:  # a question into the box
+            button.click(lambda text: text, button, box, api_visibility="private")
+
+        def answer(*values: Any) -> Iterator[tuple[Any, ...]]:
+            # Every output a yielded dict leaves out is skipped (unchanged).
+            for changes in respond(*values):
+                yield tuple(changes.get(output, gr.skip()) for output in outputs)
+
         # Enter while an answer is being written queues the question (the latest one).
         asking = [
-            trigger(respond, inputs, outputs, api_visibility="private", trigger_mode="always_last")
+            trigger(answer, inputs, outputs, api_visibility="private", trigger_mode="always_last")
             for trigger in (box.submit, send.click)
         ]
         stop.click(None, None, None, cancels=asking, api_visibility="private")
         # Clear and the chat's own trash icon reset the same state, the pending answer too.
-        reset = [chatbot, sources, turns, answers, save_md, save_bib, suggested]
+        reset = [chatbot, sources, turns_state, answers_state, save_md, save_bib]
+        reset += [next_label, *next_buttons]
         clear.click(fresh, None, reset, cancels=asking, api_visibility="private")
         chatbot.clear(fresh, None, reset, cancels=asking, api_visibility="private")
         topic_inputs = [topic, max_papers, answer_mode, *filter_inputs]
@@ -444,10 +344,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> gr.Bloc
         paper_button.click(
             summarize_one, [picker, answer_mode, *filter_inputs], summary, api_visibility="private"
         )
-        gr.api(chat_api, api_name="chat", concurrency_limit=CONCURRENCY)
-        gr.api(chat_json, api_name="chat_json", concurrency_limit=CONCURRENCY)
-        for tool in (search, ask, summarize):  # also the MCP tools under `rag serve --mcp`
-            gr.api(tool, api_name=tool.__name__, concurrency_limit=CONCURRENCY)
+        serve_tools(assistant, llm_ready, CONCURRENCY)
     return app
 
 
@@ -466,7 +363,10 @@ def launch(
             import mcp as _  # noqa: F401 - Gradio's MCP server needs it
         except ImportError:
             raise RagError("--mcp needs the mcp package: pip install -e '.[mcp]'") from None
-    app = build_app(settings, assistant)
+    uploads = settings.ui_upload_allowed(host)
+    if settings.ui_upload and not uploads:
+        log.warning("adding papers from the page is off: set RAG_UI_AUTH to allow it on %s", host)
+    app = build_app(settings, assistant, uploads)
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=256)
     auth = settings.ui_credentials()
     app.launch(
@@ -481,6 +381,6 @@ def launch(
         theme=gr.themes.Soft(),
         footer_links=["api"],
         mcp_server=mcp,
-        css=PHONE_CSS,
+        css=CSS,
     )
     return app

@@ -9,6 +9,7 @@ import re
 from typing import TYPE_CHECKING
 
 from rag.claims import flagged
+from rag.filters import shown_dates
 from rag.summarize import EXTRACTIVE_OVERVIEW
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def render_sources(answer: Answer) -> str:
 
 
 def _source_block(source: Source) -> list[str]:
-    when = f" · listed {', '.join(source.dates)}" if source.dates else ""
+    when = f" · listed {shown_dates(source.dates)}" if source.dates else ""
     snippet = source.quote or source.snippet[:300]
     return ["", f"**[{source.n}]** {title_link(source)}{when}", "", f"> {_md(snippet)}"]
 
@@ -124,35 +125,13 @@ def chat_message(answer: Answer, turn: int) -> str:
     return f"{text}\n\n{answer_sources(answer, turn)}"
 
 
-def short_title(title: str) -> str:
-    """A paper's name for a question: the part before a colon, or its first six words."""
-    head = title.split(":", 1)[0].strip()
-    words = head.split()
-    return " ".join(words[:6]) + (" …" if len(words) > 6 else "")
-
-
-def follow_ups(answer: Answer) -> list[str]:
-    """Questions to ask next about the papers an answer cites (none after a refusal)."""
-    if answer.refused or not answer.citations:
-        return []
-    first = short_title(answer.citations[0].title)
-    asked = [
-        f"What are the limitations of {first}?",
-        f"What results does {first} report?",
-        f"How does {first} compare with {short_title(answer.citations[1].title)}?"
-        if len(answer.citations) > 1
-        else f"Which other papers address the problem {first} addresses?",
-    ]
-    return [q for q in asked if q.lower() != answer.question.strip().lower()]
-
-
 def answer_sources(answer: Answer, turn: int) -> str:
     """The sources of one answer, in a fold: each cited paper (title linked) with the passages
     that support the claims citing it, and each claim's verdict; then the papers retrieved but
     not cited."""
     lines = ["<details open><summary>Sources of this answer</summary>", ""]
     for source in answer.citations:
-        when = f" · listed {', '.join(source.dates)}" if source.dates else ""
+        when = f" · listed {shown_dates(source.dates)}" if source.dates else ""
         lines += [f'<a id="a{turn}-s{source.n}"></a>**[{source.n}]** {title_link(source)}{when}']
         found = [(c, e) for c in answer.claims for e in c.evidence if e.n == source.n]
         for claim, evidence in found:
