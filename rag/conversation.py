@@ -110,10 +110,11 @@ def pinned_papers(question: str, history: Sequence[Turn]) -> list[str]:
 
 
 def short_title(title: str) -> str:
-    """A paper's name for a question: the part before a colon, or its first six words."""
+    """A paper's name for a question: the part before a colon (a title's short name), whole
+    up to 12 words."""
     head = title.split(":", 1)[0].strip()
     words = head.split()
-    return " ".join(words[:6]) + (" …" if len(words) > 6 else "")
+    return " ".join(words[:12]) + (" …" if len(words) > 12 else "")
 
 
 def template_follow_ups(answer: Answer) -> list[str]:

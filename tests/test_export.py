@@ -4,6 +4,7 @@ and the same from `rag ask --format md|bib`."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from rag.answer import NOT_COVERED, Answer, Source
 from rag.claims import Claim
@@ -152,3 +153,21 @@ def test_listing_dates_without_a_year_say_so_everywhere_they_are_shown() -> None
     assert "listed 2024-01-05\n" in panel or "listed 2024-01-05 " in panel
     assert "listed Mar 17, May 8, no year on the listing page" in panel
     assert "(Mar 17, May 8, no year on the listing page)" in answer_markdown(found)
+
+
+def test_the_ui_download_files_of_old_answers_are_removed(tmp_path, monkeypatch) -> None:
+    import os
+
+    import ui.app
+
+    monkeypatch.setattr(ui.app, "EXPORTS", tmp_path / "exports")
+    found = answer(
+        "q?", "L-Mul adds [1].", [source(1, "L-Mul", "https://arxiv.org/abs/2410.00907")]
+    )
+    first, bib = ui.app.saved([found])
+    assert Path(first).read_text().startswith("# ") and Path(bib).read_text().startswith("@")
+    old = Path(first).parent
+    os.utime(old, (0, 0))  # an hour and more ago
+    second, _ = ui.app.saved([found])
+    assert Path(second).exists() and not old.exists()
+    assert ui.app.saved([]) == (None, None)

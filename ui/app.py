@@ -8,7 +8,10 @@ The same chat is the API endpoint `/chat` for scripts (`gradio_client`).
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,9 +58,15 @@ MODES = ("LLM", "Extractive")
 CSS = """
 @media (max-width: 640px) { #chat { height: 42vh !important; max-height: 42vh; } }
 footer > .divider:last-child { display: none; }
+button.question { justify-content: flex-start; text-align: left; }
 """
 # Chats served at once: most of a chat is waiting on the LLM, so many fit on 2 cores.
 CONCURRENCY = 32
+
+
+# One folder per server for the download files; each answer's files are kept an hour.
+EXPORTS = Path(tempfile.gettempdir()) / f"rag-export-{os.getpid()}"
+EXPORT_KEPT_S = 3600
 
 
 def saved(answers: Sequence[Answer]) -> tuple[str | None, str | None]:
@@ -65,7 +74,11 @@ def saved(answers: Sequence[Answer]) -> tuple[str | None, str | None]:
     download buttons (None: nothing to save yet)."""
     if not answers:
         return None, None
-    folder = Path(tempfile.mkdtemp(prefix="rag-export-"))
+    EXPORTS.mkdir(parents=True, exist_ok=True)
+    for old in EXPORTS.iterdir():  # Gradio has copied them to its cache long since
+        if time.time() - old.stat().st_mtime > EXPORT_KEPT_S:
+            shutil.rmtree(old, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(dir=EXPORTS))
     markdown = folder / "conversation.md"
     markdown.write_text(conversation_markdown(answers), encoding="utf-8")
     bib = cited_bibtex(answers)
