@@ -768,6 +768,14 @@ def test_on_a_phone_without_an_llm_the_question_box_is_on_the_first_screen(
         box = page.locator("#question textarea").bounding_box()
         assert box is not None and box["y"] + box["height"] <= 844
         assert not page.locator("#chat").get_by_text("Model name").count()
+        # No floating "Chat" label over the messages (the tab names it); example questions in
+        # full, never cut with "..."; no separator at the end of the footer.
+        assert not page.locator("#chat label[data-testid=block-label]").count()
+        from ui.app import EXAMPLES
+
+        assert page.locator("#examples button").all_inner_texts() == EXAMPLES
+        dividers = page.locator("footer .divider")
+        assert all(not dividers.nth(i).is_visible() for i in range(dividers.count()))
         page.close()
     finally:
         app.close()
