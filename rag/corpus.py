@@ -148,7 +148,9 @@ def sentence_spans(text: str) -> list[str]:
 
 def clean_text(text: str) -> str:
     """Normalise Unicode (NFC), drop control characters and collapse whitespace."""
-    text = unicodedata.normalize("NFC", text)
+    text = " ".join(unicodedata.normalize("NFC", text).split())
+    if text.isprintable():  # the usual case: no control or format character is left
+        return text
     text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
     return " ".join(text.split())
 

@@ -82,6 +82,8 @@ def get_embedder(settings: Settings) -> Embedder:
         )
     if name.startswith("sentence-transformers:"):
         return SentenceTransformerEmbedder(name.split(":", 1)[1], settings.embed_batch_size)
+    if name.startswith("hash:"):
+        return HashEmbedder(name.split(":", 1)[1])
     if name.startswith("openai:"):
         remote = OpenAIEmbedder(name.split(":", 1)[1], settings)
         if not settings.embed_cache:
@@ -89,8 +91,38 @@ def get_embedder(settings: Settings) -> Embedder:
         return CachedEmbedder(remote, settings.index_dir / "embedding-cache")
     raise InputError(
         f"unknown embedding model {name!r}: use '{DEFAULT_MODEL}', "
-        "'sentence-transformers:PATH' or 'openai:MODEL'"
+        "'sentence-transformers:PATH', 'openai:MODEL' or 'hash:DIM'"
     )
+
+
+class HashEmbedder(Embedder):
+    """No model: each text's vector is seeded by a hash of the text (`hash:384`). Meaningless
+    as semantics; for benchmarks at a scale where the model is not what is measured (a million
+    papers through the real ingest, store and query paths) and for tests."""
+
+    max_tokens = 254
+    batch = 1024
+
+    def __init__(self, dim: str | int) -> None:
+        try:
+            self.dim = int(dim)
+        except ValueError:
+            raise InputError(f"hash:DIM needs a number of dimensions, not {dim!r}") from None
+        if not 2 <= self.dim <= 4096:
+            raise InputError(f"hash:DIM needs 2 to 4096 dimensions, not {self.dim}")
+        self.name = f"hash-{self.dim}"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import hashlib
+
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+            out[row] = np.random.default_rng(seed).standard_normal(self.dim, dtype=np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def bundled_minilm_path() -> Path:

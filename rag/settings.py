@@ -69,7 +69,8 @@ class Settings(BaseSettings):
         description=(
             f"Embedding model. '{DEFAULT_MODEL}' is the bundled offline MiniLM; "
             "'openai:NAME' uses the OpenAI embeddings API; "
-            "'sentence-transformers:PATH' loads a local sentence-transformers model."
+            "'sentence-transformers:PATH' loads a local sentence-transformers model; "
+            "'hash:384' is no model (vectors seeded by a hash of the text), for benchmarks."
         ),
     )
     embed_batch_size: int = Field(default=8, ge=1, description="Texts per embedding batch.")

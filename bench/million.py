@@ -1,0 +1,255 @@
+"""A million papers on one machine: the real ingest, store and query paths over synthetic
+abstracts, with no embedding model (`RAG_EMBED_MODEL=hash:384`: vectors seeded by a hash of
+the text; the model is not what is measured).
+
+Abstracts are drawn from a 60,000-word vocabulary with Zipf-distributed word frequencies and
+log-normal lengths (median 270 words, sentences of 12 to 30: 1.7 chunks per paper), so BM25 sees
+realistic term
+statistics. Each step prints a Markdown table row as it ends (steps can be run one at a time on
+the same directory):
+
+* gen: write the JSON Lines file (skipped when it exists);
+* ingest: `rag ingest FILE` in a fresh process: wall time, peak RSS; the index's size on disk;
+* search: a fresh `rag search --json` process, three times: wall time, peak RSS;
+* warm: dense, bm25 and hybrid searches in one warm process, p50/p95 over 50 queries each;
+* serve: `rag serve` until the page answers, its RSS then and after one search;
+* incremental: `rag ingest` of 1,000 new papers into it: wall time, peak RSS, what BM25 rebuilt.
+
+Usage: python bench/million.py [--papers 1000000] [--dir /tmp/million] [--steps gen,ingest,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCABULARY = 60_000
+SYLLABLES = "ka ri to mu ne sa lo vi de an or el us in ma te po ge ul ix".split()
+STEPS = ("gen", "ingest", "search", "warm", "serve", "incremental")
+
+
+def vocabulary(seed: int = 7) -> np.ndarray:
+    """60,000 distinct pseudo-words of 2 to 4 syllables."""
+    rng = np.random.default_rng(seed)
+    words: dict[str, None] = {}
+    while len(words) < VOCABULARY:
+        n = int(rng.integers(2, 5))
+        words["".join(rng.choice(SYLLABLES, n))] = None
+    return np.array(list(words), dtype=object)
+
+
+def sentences(words: np.ndarray, rng: np.random.Generator) -> str:
+    """Words as sentences of 12 to 30 words, each capitalised and ending with a period."""
+    out, at = [], 0
+    while at < len(words):
+        n = int(rng.integers(12, 31))
+        out.append(" ".join(words[at : at + n]).capitalize() + ".")
+        at += n
+    return " ".join(out)
+
+
+def write_corpus(path: Path, papers: int, first: int = 0, seed: int = 1) -> None:
+    """`papers` JSON Lines records (ids from `first`), Zipf words, log-normal lengths."""
+    words = vocabulary()
+    rng = np.random.default_rng(seed)
+    ranks = np.arange(1, VOCABULARY + 1)
+    p = 1.0 / ranks**1.07
+    p /= p.sum()
+    block = 10_000
+    with path.open("w", encoding="utf-8") as out:
+        for start in range(0, papers, block):
+            n = min(block, papers - start)
+            lengths = np.clip(rng.lognormal(np.log(270), 0.35, n).astype(int), 40, 700)
+            title_lengths = rng.integers(6, 13, n)
+            drawn = words[rng.choice(VOCABULARY, int(lengths.sum() + title_lengths.sum()), p=p)]
+            at = 0
+            lines = []
+            for i in range(n):
+                title = " ".join(drawn[at : at + title_lengths[i]]).capitalize()
+                at += title_lengths[i]
+                abstract = sentences(drawn[at : at + lengths[i]], rng)
+                at += lengths[i]
+                record = {"id": f"z{first + start + i:08d}", "title": title, "abstract": abstract}
+                lines.append(json.dumps(record))
+            out.write("\n".join(lines) + "\n")
+
+
+def env(index: Path) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "OPENAI_"))}
+    return {**keep, "RAG_INDEX_DIR": str(index), "RAG_EMBED_MODEL": "hash:384"}
+
+
+def timed(cmd: list[str], index: Path) -> tuple[float, float, str]:
+    """Run `cmd`: (wall seconds, peak RSS MB of that process, stdout)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env(index), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    # The process is reaped by communicate; its rusage is the children's maximum so far.
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-2000:]}")
+    return wall, rss, out.decode()
+
+
+def rag(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rag", *args]
+
+
+def row(name: str, value: str) -> None:
+    print(f"| {name} | {value} |", flush=True)
+
+
+def size_on_disk(path: Path) -> str:
+    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return f"{total / 2**30:.2f} GB"
+
+
+def warm_child(index: Path) -> None:
+    """In its own process: p50/p95 of 50 searches per retriever mode, after one warm-up."""
+    os.environ.update(env(index))
+    sys.path.insert(0, str(ROOT))
+    from rag.api import Assistant
+    from rag.settings import Settings
+
+    assistant = Assistant(Settings())
+    words = vocabulary()
+    rng = np.random.default_rng(3)
+    queries = [" ".join(words[rng.integers(50, 20_000, 6)]) for _ in range(51)]
+    result = {}
+    for mode in ("dense", "bm25", "hybrid"):
+        retriever = assistant.retriever(mode=mode)
+        start = time.perf_counter()
+        retriever.search(queries[0], 10)
+        first = time.perf_counter() - start
+        times = []
+        for query in queries[1:]:
+            start = time.perf_counter()
+            retriever.search(query, 10)
+            times.append(time.perf_counter() - start)
+        times.sort()
+        result[mode] = (first, statistics.median(times), times[int(0.95 * (len(times) - 1))])
+    print(json.dumps(result))
+
+
+def serve_step(index: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.perf_counter()
+    server = subprocess.Popen(
+        rag("serve", "--port", str(port)),
+        env=env(index),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise SystemExit("rag serve exited") from None
+                time.sleep(0.2)
+        up = time.perf_counter() - start
+        rss = rss_mb(server.pid)
+        from gradio_client import Client
+
+        began = time.perf_counter()
+        Client(url, verbose=False).predict("kari tomu nesa", 10, api_name="/search")
+        first = time.perf_counter() - began
+        row("`rag serve`: start to page served; RSS then", f"{up:.1f} s; {rss:.0f} MB")
+        row(
+            "`rag serve`: first search (loads BM25 and HNSW); RSS after (VmHWM)",
+            f"{first:.1f} s; {rss_mb(server.pid):.0f} MB ({rss_mb(server.pid, 'VmHWM'):.0f} MB)",
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def rss_mb(pid: int, key: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--papers", type=int, default=1_000_000)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/million"))
+    parser.add_argument("--steps", default=",".join(STEPS))
+    parser.add_argument("--warm-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.warm_child:
+        warm_child(args.warm_child)
+        return
+    steps = args.steps.split(",")
+    args.dir.mkdir(parents=True, exist_ok=True)
+    corpus, index = args.dir / f"papers-{args.papers}.jsonl", args.dir / "index"
+    print("| measure | value |\n|---|---|", flush=True)
+    if "gen" in steps and not corpus.exists():
+        start = time.perf_counter()
+        write_corpus(corpus, args.papers)
+        row("write the JSON Lines file", f"{time.perf_counter() - start:.0f} s")
+    if "ingest" in steps:
+        shutil.rmtree(index, ignore_errors=True)
+        wall, rss, out = timed(rag("ingest", str(corpus), "--json"), index)
+        report = json.loads(out)
+        size = corpus.stat().st_size / 2**30
+        row(
+            f"`rag ingest` {report['papers_total']:,} papers ({size:.1f} GB JSONL)",
+            f"{wall / 60:.1f} min; peak RSS {rss:.0f} MB; {report['chunks_embedded']:,} chunks",
+        )
+        row("index on disk", size_on_disk(index))
+    if "search" in steps:
+        for attempt in range(3):
+            wall, rss, _ = timed(rag("search", "kari tomu nesa", "--json"), index)
+            row(f"fresh `rag search --json` (run {attempt + 1})", f"{wall:.1f} s; {rss:.0f} MB")
+    if "warm" in steps:
+        _, _, out = timed([sys.executable, __file__, "--warm-child", str(index)], index)
+        for mode, (first, p50, p95) in json.loads(out.strip().splitlines()[-1]).items():
+            row(
+                f"warm {mode}: first query; p50 / p95 of 50",
+                f"{first:.2f} s; {1000 * p50:.1f} / {1000 * p95:.1f} ms",
+            )
+    if "serve" in steps:
+        serve_step(index)
+    if "incremental" in steps:
+        extra = args.dir / "papers-1000-more.jsonl"
+        write_corpus(extra, 1000, first=args.papers, seed=99)
+        wall, rss, out = timed(rag("ingest", str(extra), "--json"), index)
+        report = json.loads(out)
+        row(
+            "`rag ingest` 1,000 new papers into it",
+            f"{wall:.1f} s; peak RSS {rss:.0f} MB; {report['papers_added']} added",
+        )
+        record = index / "bm25"
+        for saved in record.glob("*/papers.json"):
+            segments = json.loads(saved.read_text()).get("segments", [])
+            sizes = ", ".join(f"{len(s['paper_ids']):,}" for s in segments)
+            row("BM25 segments after it (papers each)", sizes or "one index (rebuilt whole)")
+        wall, rss, _ = timed(rag("search", "kari tomu nesa", "--json"), index)
+        row("fresh `rag search --json` after it", f"{wall:.1f} s; {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
