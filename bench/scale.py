@@ -63,8 +63,9 @@ def percentiles(times: list[float]) -> str:
 def bench_query(n_chunks: int, tmp: Path) -> list[tuple[str, str]]:
     import numpy as np
 
+    from rag.chunking import Chunk
     from rag.corpus import Listing, Paper
-    from rag.ingest import WRITE_BATCH, Chunk
+    from rag.ingest import WRITE_BATCH
     from rag.settings import Settings
     from rag.store import Store
 

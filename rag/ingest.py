@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rag.chroma import failure
+from rag.chunking import MAX_TITLE_TOKENS, Chunk, Chunker
 from rag.corpus import (
     Fields,
     Paper,
@@ -30,11 +31,17 @@ from rag.corpus import (
     detect_format,
     iter_file,
     normalise_title,
-    sentence_spans,
 )
 from rag.errors import InputError, RagError
+from rag.lexical import LOCK_NAME, LexicalIndex
 from rag.reading import FilePosition, expand_paths
-from rag.store import PAPER_KEYS_OPTIONAL, Collection, listings_from_metadata, paper_metadata
+from rag.store import (
+    PAPER_KEYS_OPTIONAL,
+    Collection,
+    Store,
+    listings_from_metadata,
+    paper_metadata,
+)
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
@@ -43,90 +50,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".ingest.lock"
 PAPER_BATCH = 256  # papers compared with the index per round trip
-MAX_TITLE_TOKENS = 64  # of a title embedded with each chunk: a quarter of MiniLM's window
+# Papers an ingest lists as changed, for BM25 to add them as a segment; beyond, it is rebuilt.
+CHANGED_LISTED = 200_000
 # Far beyond any real abstract (the bundled corpus: at most 2,700 characters): such a record
 # is cut and reported, instead of becoming thousands of chunks and a prompt of megabytes.
 MAX_ABSTRACT_CHARS = 100_000
 LONG_TITLE_CHARS = 500
 WRITE_BATCH = 2048  # chunks per Chroma write (below its max batch size)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One embedded piece of a paper: `text` is the abstract part, the title is embedded too."""
-
-    chunk_id: str
-    paper: Paper
-    index: int
-    count: int
-    text: str
-    content_hash: str
-    embed_title: str = ""
-    """The title as embedded with the chunk (empty: the whole title); cut when very long."""
-
-    @property
-    def embed_text(self) -> str:
-        return f"{self.embed_title or self.paper.title}\n{self.text}"
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "chunk": self.index,
-            "n_chunks": self.count,
-            "content_hash": self.content_hash,
-            **paper_metadata(self.paper),
-        }
-
-
-class Chunker:
-    """Sentence-aware splitting (llama-index) measured in the embedding model's own tokens.
-
-    The title is embedded with every chunk, so each abstract chunk gets the model's window minus
-    the title's tokens: no chunk is ever truncated by the encoder.
-    """
-
-    def __init__(self, count_tokens: Callable[[str], int], max_tokens: int, overlap: int) -> None:
-        self.count_tokens = count_tokens
-        self.max_tokens = max_tokens
-        self.overlap = overlap
-        self._splitters: dict[int, Any] = {}
-
-    def _splitter(self, budget: int) -> Any:
-        if budget not in self._splitters:
-            from llama_index.core.node_parser import SentenceSplitter
-
-            self._splitters[budget] = SentenceSplitter(
-                chunk_size=budget,
-                chunk_overlap=min(self.overlap, budget // 4),
-                tokenizer=lambda text: [0] * self.count_tokens(text),
-                # A regex instead of NLTK's punkt: loading NLTK (and the SciPy it pulls in)
-                # took 1.6 s of every ingest, for sentence ends that abstracts mark plainly.
-                chunking_tokenizer_fn=sentence_spans,
-            )
-        return self._splitters[budget]
-
-    def title(self, paper: Paper) -> str:
-        """The title as embedded with each chunk: whole, or its first words up to
-        `MAX_TITLE_TOKENS`, so that a runaway title cannot crowd out the abstract."""
-        if self.count_tokens(paper.title) <= MAX_TITLE_TOKENS:
-            return paper.title
-        words = paper.title.split()
-        low, high = 0, len(words)  # the most words that fit
-        while low < high:
-            middle = (low + high + 1) // 2
-            if self.count_tokens(" ".join(words[:middle])) <= MAX_TITLE_TOKENS:
-                low = middle
-            else:
-                high = middle - 1
-        return " ".join(words[:low]) or paper.title[: MAX_TITLE_TOKENS * 2]
-
-    def split(self, paper: Paper) -> list[str]:
-        title_tokens = self.count_tokens(self.title(paper)) + 1  # and the newline after it
-        budget = max(32, self.max_tokens - title_tokens)
-        if self.count_tokens(paper.abstract) <= budget:
-            return [paper.abstract]
-        return [t for t in self._splitter(budget).split_text(paper.abstract) if t.strip()]
 
 
 def content_hash(paper: Paper, settings: Settings) -> str:
@@ -154,13 +85,52 @@ class IngestReport:
     warnings: list[str] = field(default_factory=list)
     """Records taken, but not as they were: cut, or replacing another with the same id."""
 
-    def count(self, status: dict[str, str]) -> None:
-        """Fill the paper counts from each paper's status in this run."""
-        values = list(status.values())
-        self.papers_read = len(values)
-        self.papers_added = values.count("added")
-        self.papers_updated = values.count("updated")
-        self.papers_unchanged = values.count("unchanged")
+    bm25: str = ""
+    """What the ingest did to the BM25 index ("a segment of 1000 papers added", "built whole")."""
+
+    def tally(self, written: dict[str, str], new: list[bool], changed: set[str] | None) -> None:
+        """Count one batch's statuses (`new`: whether this run reads each paper for the first
+        time). A paper read again counts once: by its first status, or by a later change when
+        it was first unchanged."""
+        for (pid, state), first in zip(written.items(), new, strict=True):
+            if first:
+                self.papers_read += 1
+            elif state == "unchanged" or changed is None or pid in changed:
+                continue
+            else:
+                self.papers_unchanged -= 1  # first read unchanged, now changed
+            if state == "added":
+                self.papers_added += 1
+            elif state == "updated":
+                self.papers_updated += 1
+            else:
+                self.papers_unchanged += 1
+
+
+class SeenPapers:
+    """The paper ids an ingest has read, as 8-byte hashes in sorted runs merged as they grow:
+    some 8 bytes a paper instead of a dictionary entry of about a hundred (2.5 million papers:
+    20 MB, not 250)."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    def add(self, ids: Sequence[str]) -> list[bool]:
+        """Record `ids` (distinct); whether each is read for the first time."""
+        keys = np.fromiter(
+            (int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest()) for i in ids),
+            dtype=np.uint64,
+            count=len(ids),
+        )
+        seen = np.zeros(len(keys), dtype=bool)
+        for run in self.runs:
+            at = np.minimum(np.searchsorted(run, keys), len(run) - 1)
+            seen |= run[at] == keys
+        self.runs.append(np.unique(keys[~seen]))
+        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+            last = self.runs.pop()
+            self.runs.append(np.union1d(self.runs.pop(), last))
+        return (~seen).tolist()
 
 
 class Checkpoints:
@@ -357,26 +327,29 @@ def ingest_papers(
     budget = min(embedder.max_tokens, settings.chunk_tokens)
     chunker = Chunker(embedder.count_tokens, budget, settings.chunk_overlap)
     with ingest_lock(settings.index_dir):
+        before = None
         if store.exists():
             store.open()  # the recorded model is checked before anything is read
-        # A paper seen in several batches (several pages) is counted once, by its first status.
-        status: dict[str, str] = {}
+            before = Store(settings, embedder.name).stamp()
+        seen = SeenPapers()
+        changed: set[str] | None = set()  # None: more than CHANGED_LISTED
         with tqdm(desc="embedding", unit="chunk", disable=not progress, leave=False) as bar:
             for batch in _batched(papers, PAPER_BATCH):
                 store.create()  # on the first batch: reading nothing creates no index
                 written = _Batch(store, chunker, embedder, settings, report, bar).write(batch)
-                for pid, state in written.items():
-                    if status.get(pid, "unchanged") == "unchanged":
-                        status[pid] = state
+                report.tally(written, seen.add(list(written)), changed)
+                if changed is not None:
+                    changed.update(p for p, state in written.items() if state != "unchanged")
+                    changed = changed if len(changed) <= CHANGED_LISTED else None
                 if on_batch is not None:
                     on_batch()
                 if on_progress is not None:
-                    report.count(status)
                     on_progress(report)
-        report.count(status)
         report.papers_total = store.paper_count() if store.exists() else 0
         if store.written:
             store.bump_generation()  # whatever was derived during the ingest is stale too
+            lexical = LexicalIndex(Store(settings, embedder.name))
+            report.bm25 = lexical.extend(changed, before, lexical.store.stamp())
     return report
 
 

@@ -4,6 +4,7 @@ loaded by every later process, rebuilt when the store changes.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -11,6 +12,8 @@ import os
 import re
 import shutil
 import threading
+import uuid
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,19 +81,83 @@ def _bm25s() -> Any:
     return bm25s
 
 
+SEGMENT_PAPERS = 50_000  # papers per segment of a whole build: bounds the memory it takes
+SMALL_SEGMENTS = 8  # segments added by ingests (each under a tenth of that) before a merge
+FORMAT = 2
+LOCK_NAME = ".ingest.lock"  # held by an ingest (rag.ingest.ingest_lock)
+
+
+@dataclass(eq=False)  # compared by identity: which loaded segment, not its contents
+class Segment:
+    """A bm25s index over some papers (memory-mapped when loaded); rows of papers that a later
+    segment holds anew are `deleted`."""
+
+    name: str
+    ids: list[str]
+    model: Any
+    deleted: set[int] = field(default_factory=set)
+
+    def column(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(rows, bm25s scores) of the papers holding `term`."""
+        at = (getattr(self.model, "vocab_dict", None) or {}).get(term)
+        if at is None:
+            return None
+        scores = self.model.scores
+        start, end = int(scores["indptr"][at]), int(scores["indptr"][at + 1])
+        return np.asarray(scores["indices"][start:end]), np.asarray(scores["data"][start:end])
+
+    def record(self) -> dict[str, Any]:
+        return {"dir": self.name, "paper_ids": self.ids, "deleted": sorted(self.deleted)}
+
+
+class Lexicon:
+    """The BM25 index as of one store state: its segments side by side. A term's weight is the
+    bm25s score of its segment rescaled to the IDF over all segments, so a paper scores as in
+    one index over the whole collection (the length normalisation stays per segment)."""
+
+    def __init__(self, segments: list[Segment]) -> None:
+        self.segments = segments
+        self.ids = [pid for segment in segments for pid in segment.ids]
+        self.papers = len(self.ids) - sum(len(s.deleted) for s in segments)
+
+    def doc_freq(self, term: str) -> int:
+        return sum(len(found[0]) for s in self.segments if (found := s.column(term)))
+
+    def idf(self, df: float, n: float) -> float:
+        return math.log(1 + (n - df + 0.5) / (df + 0.5))  # bm25s's (Lucene's) IDF
+
+    def scores(self, terms: list[str]) -> np.ndarray:
+        out = np.zeros(len(self.ids), dtype=np.float32)
+        weights = {t: self.idf(self.doc_freq(t), self.papers) for t in set(terms)}
+        offset = 0
+        for segment in self.segments:
+            for term in terms:
+                found = segment.column(term)
+                if found is None:
+                    continue
+                rows, values = found
+                local = self.idf(len(rows), len(segment.ids))
+                out[offset + rows] += values * np.float32(weights[term] / local)
+            if segment.deleted:
+                out[offset + np.fromiter(segment.deleted, dtype=np.int64)] = 0.0
+            offset += len(segment.ids)
+        return out
+
+
 class LexicalIndex:
     """BM25 (bm25s) over a store's whole papers: the title and every chunk of the abstract.
 
     The index is derived from the store and saved beside it (`<index>/bm25/<collection>/`)
-    with the store's stamp; a search first checks the stamp (about a millisecond), so after
-    any ingest, here or in another process, the next search rebuilds it (the bundled corpus:
-    about 1 s) and every later process just loads it.
+    with the store's stamp, as segments of at most `SEGMENT_PAPERS` papers (built a segment at
+    a time, loaded memory-mapped). An ingest adds the papers it changed as a new segment
+    (`extend`), so a thousand new papers in a million cost a thousand; a search whose saved
+    index is stale (another writer, an older version) rebuilds it whole, except while an
+    ingest is running, when it keeps the index it has.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._model: Any = None
-        self._paper_ids: list[str] = []
+        self._lexicon = Lexicon([])
         self._stamp: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
@@ -98,93 +165,180 @@ class LexicalIndex:
     def path(self) -> Path:
         return self.store.settings.index_dir / "bm25" / self.store.settings.collection
 
-    def current(self) -> tuple[Any, list[str]]:
-        """The model and its paper ids, as of the store's stamp (loaded or rebuilt)."""
+    def current(self) -> Lexicon:
+        """The index as of the store's stamp (loaded or rebuilt)."""
         stamp = self.store.stamp()
         with self._lock:
             if stamp != self._stamp:
                 loaded = self._load(stamp)
-                self._model, self._paper_ids = loaded or self._build(stamp)
+                if loaded is None and self._stamp is not None and self._ingesting():
+                    return self._lexicon  # the ingest saves the new index when it ends
+                self._lexicon = loaded or self._build(stamp)
                 self._stamp = stamp
-            return self._model, self._paper_ids
+            return self._lexicon
 
-    def _load(self, stamp: tuple[int, int]) -> tuple[Any, list[str]] | None:
-        bm25s = _bm25s()
+    def _ingesting(self) -> bool:
+        """Whether an ingest holds this index's lock (here or in another process)."""
         try:
-            saved = json.loads((self.path / "papers.json").read_text(encoding="utf-8"))
-            if tuple(saved["stamp"]) != stamp or saved["tokenizer"] != TOKENIZER_VERSION:
-                return None
-            return bm25s.BM25.load(str(self.path / "model")), list(saved["paper_ids"])
+            with (self.store.settings.index_dir / LOCK_NAME).open("a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False
+
+    def _record(self, path: Path | None = None) -> dict[str, Any] | None:
+        try:
+            saved = json.loads(((path or self.path) / "papers.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if saved.get("format") != FORMAT or saved.get("tokenizer") != TOKENIZER_VERSION:
+            return None
+        return saved
+
+    def _load(self, stamp: tuple[int, int]) -> Lexicon | None:
+        bm25s = _bm25s()
+        saved = self._record()
+        if saved is None or tuple(saved["stamp"]) != stamp:
+            return None
+        try:
+            return Lexicon(
+                [
+                    Segment(
+                        s["dir"],
+                        list(s["paper_ids"]),
+                        bm25s.BM25.load(str(self.path / s["dir"]), mmap=True, show_progress=False),
+                        set(s["deleted"]),
+                    )
+                    for s in saved["segments"]
+                ]
+            )
         except (OSError, ValueError, KeyError, TypeError):
-            return None  # missing, stale or damaged: rebuild
+            return None  # damaged, or a segment removed by a merge meanwhile: rebuild
 
-    def _build(self, stamp: tuple[int, int]) -> tuple[Any, list[str]]:
-        bm25s = _bm25s()
-        papers: dict[str, list[Hit]] = {}
-        for chunk in self.store.all_chunks():
-            papers.setdefault(chunk.metadata["paper_id"], []).append(chunk)
-        ids = sorted(papers)
-        model = bm25s.BM25()
-        if ids:
-            docs = []
-            for pid in ids:
-                group = sorted(papers[pid], key=lambda c: c.metadata["chunk"])
-                docs.append(
-                    tokenize(" ".join([group[0].metadata["title"], *(c.text for c in group)]))
-                )
-            model.index(docs, show_progress=False)
-            self._save(model, ids, stamp)
-        return model, ids
-
-    def _save(self, model: Any, ids: list[str], stamp: tuple[int, int]) -> None:
-        """Written to a new directory then renamed over the old one: readers never see half."""
+    def _build(self, stamp: tuple[int, int]) -> Lexicon:
+        """The whole index from the store, a segment of `SEGMENT_PAPERS` papers at a time
+        (a paper is complete once all its `n_chunks` chunks are read)."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        segments: list[Segment] = []
+        pending: dict[str, list[Hit]] = {}
+        ready: dict[str, list[Hit]] = {}
+        for page in self.store.chunk_pages():
+            for chunk in page:
+                parts = pending.setdefault(chunk.metadata["paper_id"], [])
+                parts.append(chunk)
+                if len(parts) >= int(chunk.metadata.get("n_chunks", 1)):
+                    ready[chunk.metadata["paper_id"]] = pending.pop(chunk.metadata["paper_id"])
+            if len(ready) >= SEGMENT_PAPERS:
+                segments.append(self._segment(ready, tmp))
+                ready = {}
+        ready.update(pending)  # a paper cut short by an interrupted ingest: what there is
+        if ready:
+            segments.append(self._segment(ready, tmp))
+        lexicon = Lexicon(segments)
+        self._publish(tmp, lexicon, stamp, whole=True)
+        return lexicon
+
+    def _segment(self, papers: dict[str, list[Hit]], folder: Path) -> Segment:
+        bm25s = _bm25s()
+        ids = sorted(papers)
+        docs = []
+        for pid in ids:
+            group = sorted(papers[pid], key=lambda c: c.metadata["chunk"])
+            docs.append(tokenize(" ".join([group[0].metadata["title"], *(c.text for c in group)])))
+        model = bm25s.BM25()
+        model.index(docs, show_progress=False)
+        name = f"seg-{uuid.uuid4().hex[:12]}"
         try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save(str(tmp / "model"))
-            record = {"stamp": list(stamp), "tokenizer": TOKENIZER_VERSION, "paper_ids": ids}
-            (tmp / "papers.json").write_text(json.dumps(record), encoding="utf-8")
-            old = self.path.with_name(f".{self.path.name}.{os.getpid()}.old")
-            if self.path.exists():
-                self.path.rename(old)
-            tmp.rename(self.path)
-            shutil.rmtree(old, ignore_errors=True)
+            model.save(str(folder / name))
         except OSError as exc:  # a read-only index still answers, from memory
+            log.info("BM25 segment not saved (%s); it is rebuilt per process", exc)
+        return Segment(name, ids, model)
+
+    def _publish(self, folder: Path, lexicon: Lexicon, stamp: tuple[int, int], whole: bool) -> None:
+        """Write the record; a whole build's new directory is renamed over the old one, so
+        readers never see half of either."""
+        record = {
+            "format": FORMAT,
+            "stamp": list(stamp),
+            "tokenizer": TOKENIZER_VERSION,
+            "segments": [s.record() for s in lexicon.segments],
+        }
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp_record = folder / f".papers.{os.getpid()}.json"
+            tmp_record.write_text(json.dumps(record), encoding="utf-8")
+            os.replace(tmp_record, folder / "papers.json")
+            if whole:
+                old = self.path.with_name(f".{self.path.name}.{os.getpid()}.old")
+                if self.path.exists():
+                    self.path.rename(old)
+                folder.rename(self.path)
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError as exc:
             log.info("BM25 index not saved (%s); it is rebuilt per process", exc)
-            shutil.rmtree(tmp, ignore_errors=True)
+            if whole:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def extend(
+        self, changed: set[str] | None, before: tuple[int, int] | None, after: tuple[int, int]
+    ) -> str:
+        """After an ingest (under its lock) that changed the papers `changed` (None: too many
+        to list), taking the store from stamp `before` to `after`: add them as a segment to
+        the index saved at `before`, or build the index whole when there is none, it is not at
+        `before`, or most of it changed. Says what was done."""
+        saved = self._record()
+        if changed is None or saved is None or before is None or tuple(saved["stamp"]) != before:
+            self._build(after)
+            return "built whole"
+        current = self._load(before)
+        if current is None:
+            self._build(after)
+            return "built whole"
+        if len(changed) > current.papers // 4:
+            self._build(after)
+            return "built whole"
+        small = [s for s in current.segments if len(s.ids) < SEGMENT_PAPERS // 10]
+        kept = current.segments
+        wanted = set(changed)
+        if len(small) >= SMALL_SEGMENTS:  # merge the small ones with the new papers
+            kept = [s for s in current.segments if s not in small]
+            for s in small:
+                wanted.update(pid for row, pid in enumerate(s.ids) if row not in s.deleted)
+        for segment in kept:
+            segment.deleted.update(row for row, pid in enumerate(segment.ids) if pid in changed)
+        papers: dict[str, list[Hit]] = {}
+        listed = sorted(wanted)
+        for start in range(0, len(listed), 1000):
+            papers.update(self.store.paper_chunks(listed[start : start + 1000]))
+        segments = [*kept, self._segment(papers, self.path)] if papers else kept
+        self._publish(self.path, Lexicon(segments), after, whole=False)
+        for s in current.segments:
+            if s not in kept:
+                shutil.rmtree(self.path / s.name, ignore_errors=True)
+        merged = (
+            f", {len(small)} small segments merged into it" if kept is not current.segments else ""
+        )
+        return f"a segment of {len(papers)} papers added{merged}"
 
     def scores(self, query: str) -> tuple[list[str], np.ndarray]:
         """Every paper's BM25 score for `query`: (paper ids, scores in the same order)."""
-        model, ids = self.current()
-        vocab = getattr(model, "vocab_dict", None) or {}
-        tokens = [t for t in tokenize(query) if t in vocab]
-        if not tokens or not ids:
-            return ids, np.zeros(len(ids), dtype=np.float32)
-        return ids, np.asarray(model.get_scores(tokens), dtype=np.float32)
+        lexicon = self.current()
+        terms = tokenize(query)
+        if not terms or not lexicon.ids:
+            return lexicon.ids, np.zeros(len(lexicon.ids), dtype=np.float32)
+        return lexicon.ids, lexicon.scores(terms)
 
     def query_weight(self, query: str) -> float:
         """The BM25 score of an imagined paper holding each content term of `query` once, at
         the average length: the sum of the terms' IDF, terms no paper holds counted too, the
         question's own words (`QUESTION_WORDS`) left out. A real paper's score over it says how
         much of the query's subject it matches word for word."""
-        model, ids = self.current()
-        if not ids:
+        lexicon = self.current()
+        if not lexicon.papers:
             return 0.0  # an empty collection: nothing to match
-        counts = self._doc_freqs(model)
-        vocab = getattr(model, "vocab_dict", None) or {}
-        total = 0.0
-        for term in set(tokenize(query)) - _question_terms():
-            at = vocab.get(term)
-            df = int(counts[at]) if at is not None and at < len(counts) else 0
-            total += math.log(1 + (len(ids) - df + 0.5) / (df + 0.5))  # bm25s's (Lucene's) IDF
-        return total
-
-    @staticmethod
-    def _doc_freqs(model: Any) -> np.ndarray:
-        """Papers holding each vocabulary term: the lengths of the term columns of bm25s's
-        score matrix (cached on the model)."""
-        counts = getattr(model, "_rag_doc_freqs", None)
-        if counts is None:
-            counts = np.diff(np.asarray(model.scores["indptr"]))
-            model._rag_doc_freqs = counts
-        return counts
+        terms = set(tokenize(query)) - _question_terms()
+        return sum(lexicon.idf(lexicon.doc_freq(t), lexicon.papers) for t in terms)

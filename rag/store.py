@@ -387,6 +387,16 @@ class Store(Collection):
             for cid, v in zip(got["ids"], got["embeddings"], strict=True)
         }
 
+    def chunk_pages(self) -> Iterator[list[Hit]]:
+        """Every chunk (text and metadata), a page at a time: what a lexical index built over
+        millions of chunks reads without holding them all."""
+        table = self.table()
+        if table is not None:
+            yield [table.hit(r) for r in range(len(table.ids))]
+            return
+        for page in self._pages(["documents", "metadatas"]):
+            yield list(_hits(page))
+
     @guarded
     def all_chunks(self) -> list[Hit]:
         """Every chunk (text and metadata), for lexical indexes built beside the vectors."""

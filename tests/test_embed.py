@@ -202,3 +202,18 @@ def test_a_first_start_build_frees_the_document_encoder(
     assert hits[0].title == "L-Mul"
     api.ensure_index(settings, embedder)  # built already: nothing loaded again
     assert len(built) == 1 and "bfloat16" not in embedder.loaded()
+
+
+def test_the_hash_embedder_needs_no_model_and_says_what_is_wrong_with_its_size() -> None:
+    from rag.embed import get_embedder
+    from rag.errors import InputError
+    from rag.settings import Settings
+
+    embedder = get_embedder(Settings(embed_model="hash:384"))
+    vectors = embedder.embed(["a glacier", "a glacier", "sea ice"])
+    assert embedder.name == "hash-384" and vectors.shape == (3, 384)
+    assert np.allclose(vectors[0], vectors[1]) and not np.allclose(vectors[0], vectors[2])
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
+    for bad in ("hash:x", "hash:1", "hash:99999"):
+        with pytest.raises(InputError, match="hash:DIM"):
+            get_embedder(Settings(embed_model=bad))

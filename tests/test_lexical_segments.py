@@ -1,0 +1,139 @@
+"""BM25 at scale: an ingest adds the papers it changed as a segment instead of rebuilding the
+index, segments score as one index (global IDF), small segments are merged, a search during an
+ingest keeps the index it has, and an ingest's bookkeeping stays a few bytes per paper."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+
+import numpy as np
+import pytest
+
+from rag import lexical
+from rag.ingest import IngestReport, SeenPapers, ingest_lock, ingest_papers
+from rag.lexical import LexicalIndex
+from rag.settings import Settings
+from rag.store import Store
+from tests.helpers import HashEmbedder, make_paper
+
+WORDS = (
+    "glacier ice flow radar satellite ocean salinity current plankton bloom coral reef "
+    "sediment core isotope volcano magma seismic fault tremor aquifer drought monsoon cyclone"
+).split()
+
+
+def synthetic(n: int, seed: int, prefix: str) -> list:
+    rng = random.Random(seed)
+    return [
+        make_paper(f"{prefix} paper {i}", " ".join(rng.choices(WORDS, k=40)) + ".")
+        for i in range(n)
+    ]
+
+
+def record(settings: Settings) -> dict:
+    path = settings.index_dir / "bm25" / settings.collection / "papers.json"
+    return json.loads(path.read_text())
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(index_dir=tmp_path / "index")
+
+
+def test_an_ingest_adds_what_it_changed_as_a_segment_and_scores_match_a_whole_build(
+    settings: Settings,
+) -> None:
+    embedder = HashEmbedder()
+    first = ingest_papers(synthetic(300, 1, "Old"), settings, embedder)
+    assert first.bm25 == "built whole"
+    changed = make_paper("Old paper 7", "A glacier surge paper, rewritten: glacier glacier.")
+    report = ingest_papers([changed, *synthetic(20, 2, "New")], settings, embedder)
+    assert report.bm25 == "a segment of 21 papers added"
+    segments = record(settings)["segments"]
+    assert [len(s["paper_ids"]) for s in segments] == [300, 21]
+    assert len(segments[0]["deleted"]) == 1  # the old text of the changed paper
+
+    store = Store(settings, embedder.name)
+    segmented = LexicalIndex(store)
+    assert len(segmented.current().segments) == 2  # loaded before the whole build replaces it
+    whole = LexicalIndex(store)
+    whole._build(store.stamp())  # one index over the same papers, for comparison
+    for query in ("glacier surge", "coral reef plankton", "volcano magma tremor"):
+        ids_a, scores_a = segmented.scores(query)
+        ids_b, scores_b = whole.scores(query)
+        by_a = {pid: s for pid, s in zip(ids_a, scores_a, strict=True) if s > 0}
+        by_b = {pid: s for pid, s in zip(ids_b, scores_b, strict=True) if s > 0}
+        assert set(by_a) == set(by_b)
+        assert max(by_a, key=by_a.get) == max(by_b, key=by_b.get), query
+        # Global IDF: a paper's score differs only by its segment's length normalisation.
+        assert all(abs(by_a[p] - by_b[p]) <= 0.15 * by_b[p] for p in by_b)
+    ids, scores = segmented.scores("glacier surge rewritten")
+    assert ids[int(np.argmax(scores))] == changed.paper_id
+    assert sum(1 for pid in ids if pid == changed.paper_id) == 2  # old row kept, scored 0
+
+
+def test_small_segments_are_merged(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lexical, "SMALL_SEGMENTS", 2)
+    monkeypatch.setattr(lexical, "SEGMENT_PAPERS", 1000)  # small: under 100 papers
+    embedder = HashEmbedder()
+    ingest_papers(synthetic(300, 1, "Base"), settings, embedder)
+    ingest_papers(synthetic(5, 2, "A"), settings, embedder)
+    assert len(record(settings)["segments"]) == 2
+    ingest_papers(synthetic(5, 3, "B"), settings, embedder)
+    report = ingest_papers(synthetic(5, 4, "C"), settings, embedder)
+    assert "merged" in report.bm25
+    sizes = [len(s["paper_ids"]) for s in record(settings)["segments"]]
+    assert sizes == [300, 15], sizes
+    folder = settings.index_dir / "bm25" / settings.collection
+    assert len([p for p in folder.iterdir() if p.name.startswith("seg-")]) == len(sizes)
+    found = LexicalIndex(Store(settings, embedder.name))
+    assert found.current().papers == 315
+
+
+def test_a_search_during_an_ingest_keeps_the_index_it_has(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedder = HashEmbedder()
+    ingest_papers(synthetic(50, 1, "Base"), settings, embedder)
+    index = LexicalIndex(Store(settings, embedder.name))
+    assert index.current().papers == 50
+    held, release = threading.Event(), threading.Event()
+
+    def ingesting() -> None:
+        with ingest_lock(settings.index_dir):
+            store = Store(settings, embedder.name)
+            store.bump_generation()  # the store changes while the ingest runs
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=ingesting)
+    thread.start()
+    try:
+        assert held.wait(30)
+        monkeypatch.setattr(LexicalIndex, "_build", lambda *a: pytest.fail("rebuilt mid-ingest"))
+        assert index.current().papers == 50
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_papers_read_twice_count_once_in_a_few_bytes_each() -> None:
+    seen = SeenPapers()
+    assert seen.add(["a", "b", "c"]) == [True, True, True]
+    assert seen.add(["c", "d"]) == [False, True]
+    ids = [f"p{i}" for i in range(200_000)]
+    for start in range(0, len(ids), 256):
+        seen.add(ids[start : start + 256])
+    assert seen.add(["p5", "p199999", "new"]) == [False, False, True]
+    assert sum(run.nbytes for run in seen.runs) <= 8 * 200_010
+    assert len(seen.runs) <= 20  # merged as they grow
+
+    report = IngestReport()
+    changed: set[str] = set()
+    report.tally({"x": "unchanged", "y": "added"}, [True, True], changed)
+    changed.add("y")
+    report.tally({"x": "updated", "y": "unchanged"}, [False, False], changed)
+    assert (report.papers_read, report.papers_added, report.papers_updated) == (2, 1, 1)
+    assert report.papers_unchanged == 0
