@@ -209,8 +209,26 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 DISK_FULL = ("disk is full", "file too large", "disk i/o error", "no space left")
 
 
+SERVER = "the Chroma server at "
+UNREACHABLE = ("connection refused", "could not connect", "server disconnected", "timed out")
+
+
+def server_down(exc: BaseException) -> bool:
+    """Whether `exc` says the Chroma server could not be reached (refused, reset, timed out)."""
+    kinds = {c.__name__ for c in type(exc).__mro__}
+    if kinds & {"TransportError", "ConnectionError", "TimeoutError", "TimeoutException"}:
+        return True
+    return any(sign in _one_line(exc).lower() for sign in UNREACHABLE)
+
+
 def failure(exc: BaseException, where: Path | str, doing: str = "reading the index at") -> RagError:
-    """One line for what went wrong with a store: a full disk, a read-only index, or damage."""
+    """One line for what went wrong with a store: a server that does not answer, a full disk,
+    a read-only index, or damage."""
+    if str(where).startswith(SERVER) and server_down(exc):
+        return RagError(
+            f"{where} is not answering (stopped, restarting or unreachable); nothing in the "
+            "index was changed: try again once it is back"
+        )
     text = _one_line(exc)
     errno = getattr(exc, "errno", None)
     lowered = text.lower()

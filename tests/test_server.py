@@ -134,3 +134,44 @@ def test_a_server_that_is_not_running_is_one_line_and_exit_1(
         assert proc.returncode == 1, (args, proc.stderr)
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
         assert f"cannot reach the Chroma server at http://127.0.0.1:{port}" in proc.stderr
+
+
+def test_a_chroma_server_that_dies_under_a_running_assistant_is_one_plain_line_then_recovers(
+    tmp_path: Path,
+) -> None:
+    """`rag serve` keeps one Assistant: when its Chroma server stops, a search says so in one
+    plain sentence (not Chroma's or httpx's text), and works again once the server is back."""
+    if not CHROMA.exists():
+        pytest.skip("the chroma command is not installed")
+    from rag.api import Assistant
+    from rag.errors import RagError
+    from rag.settings import Settings
+    from tests.helpers import HashEmbedder
+
+    port = free_port()
+    data = tmp_path / "server-data"
+    server = start_server(data, port)
+    page = tmp_path / "page.txt"
+    page.write_text(FIRST_PAGE + SECOND_PAGE, encoding="utf-8")
+    settings = Settings(
+        index_dir=tmp_path / "side", chroma_host="127.0.0.1", chroma_port=port, retriever="dense"
+    )
+    from rag import api
+
+    embedder = HashEmbedder()
+    api.ingest([page], settings, embedder=embedder)
+    assistant = Assistant(settings, embedder=embedder)
+    assert assistant.search("coral reef bleaching", 1)[0].title.startswith("Coral Reef")
+    server.terminate()
+    server.wait(timeout=30)
+    try:
+        with pytest.raises(RagError) as failed:
+            assistant.search("coral reef bleaching", 1)
+        message = str(failed.value)
+        assert message.startswith(f"the Chroma server at http://127.0.0.1:{port} is not answering")
+        assert "\n" not in message and "httpx" not in message and "Connect" not in message
+        server = start_server(data, port)  # back, same data
+        assert assistant.search("coral reef bleaching", 1)[0].title.startswith("Coral Reef")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
