@@ -33,6 +33,7 @@ from rag.corpus import (
     normalise_title,
 )
 from rag.errors import InputError, RagError
+from rag.lease import writer_lease
 from rag.lexical import LOCK_NAME, LexicalIndex
 from rag.reading import FilePosition, expand_paths
 from rag.store import (
@@ -326,7 +327,7 @@ def ingest_papers(
     report = report or IngestReport()
     budget = min(embedder.max_tokens, settings.chunk_tokens)
     chunker = Chunker(embedder.count_tokens, budget, settings.chunk_overlap)
-    with ingest_lock(settings.index_dir):
+    with ingest_lock(settings.index_dir), writer_lease(store):
         before = None
         if store.exists():
             store.open()  # the recorded model is checked before anything is read

@@ -175,3 +175,39 @@ def test_a_chroma_server_that_dies_under_a_running_assistant_is_one_plain_line_t
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_machines_sharing_a_chroma_server_ingest_one_at_a_time(
+    chroma_server: tuple[subprocess.Popen[bytes], int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The local lock file cannot see another machine: two ingests into one server collection
+    (each with its own local index directory, as on two machines) take turns through a lease
+    kept in the server; a lease its writer stopped renewing is taken over."""
+    from rag import api, lease
+    from rag.errors import RagError
+    from rag.settings import Settings
+    from rag.store import Collection
+    from tests.helpers import HashEmbedder
+
+    _, port = chroma_server
+    page = tmp_path / "page.txt"
+    page.write_text(FIRST_PAGE + SECOND_PAGE, encoding="utf-8")
+
+    def machine(name: str) -> Settings:
+        return Settings(index_dir=tmp_path / name, chroma_host="127.0.0.1", chroma_port=port)
+
+    embedder = HashEmbedder()
+    with lease.writer_lease(Collection(machine("a"), embedder.name)):
+        with pytest.raises(RagError, match=r"^index is busy: another ingest \(.* pid \d+"):
+            api.ingest([page], machine("b"), embedder=embedder)
+    assert api.ingest([page], machine("b"), embedder=embedder).papers_added == 3
+
+    stale = lease.Lease(Collection(machine("a"), embedder.name))
+    stale.acquire()  # and never renewed nor released: its machine went down
+    with pytest.raises(RagError, match="index is busy"):
+        api.ingest([page], machine("b"), embedder=embedder)
+    monkeypatch.setattr(lease, "LEASE_S", 0.0)
+    time.sleep(0.05)
+    assert api.ingest([page], machine("b"), embedder=embedder).papers_unchanged == 3

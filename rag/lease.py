@@ -1,0 +1,107 @@
+"""One writer per collection across machines that share a Chroma server.
+
+The local ingest lock is a file: it keeps two ingests on one machine apart, not two machines
+writing to one server. Chroma has no locks, so the lease is a record in the server's
+`rag-locks` collection: added when absent and read back (the add that landed first owns it),
+renewed while the ingest runs, removed when it ends; a record not renewed for `LEASE_S` belongs
+to a writer that died and is taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from rag.chroma import guarded_write
+from rag.errors import RagError
+
+if TYPE_CHECKING:
+    from rag.store import Collection
+
+LOCKS = "rag-locks"
+LEASE_S = 120.0  # a lease not renewed for this long is a dead writer's
+RENEW_S = LEASE_S / 4
+
+
+class Lease:
+    """The lease on `collection`'s name in its server (see the module)."""
+
+    def __init__(self, collection: Collection) -> None:
+        self.collection = collection
+        self.location = collection.location  # for `guarded` messages
+        self.key = f"ingest:{collection.settings.collection}"
+        self.owner = f"{socket.gethostname()} pid {os.getpid()} ({uuid.uuid4().hex[:8]})"
+
+    def _locks(self) -> Any:
+        return self.collection.client.get_or_create_collection(LOCKS, embedding_function=None)
+
+    def _holder(self, locks: Any) -> dict[str, Any] | None:
+        found = locks.get(ids=[self.key], include=["metadatas"])
+        return found["metadatas"][0] if found["ids"] else None
+
+    @guarded_write
+    def acquire(self) -> None:
+        locks = self._locks()
+        holder = self._holder(locks)
+        if holder is not None and time.time() - float(holder["renewed"]) > LEASE_S:
+            locks.delete(ids=[self.key], where={"owner": holder["owner"]})  # its writer died
+            holder = None
+        if holder is None:
+            with contextlib.suppress(Exception):  # an add of an id that exists is refused
+                locks.add(
+                    ids=[self.key],
+                    embeddings=[[1.0, 0.0]],
+                    metadatas=[{"owner": self.owner, "renewed": time.time()}],
+                )
+            holder = self._holder(locks)
+        if holder is None or holder["owner"] != self.owner:
+            who = holder["owner"] if holder else "another writer"
+            raise RagError(
+                f"index is busy: another ingest ({who}) is writing to the collection "
+                f"{self.collection.settings.collection!r} on {self.collection.location}; try "
+                "again when it ends"
+            )
+
+    @guarded_write
+    def renew(self) -> None:
+        locks = self._locks()
+        holder = self._holder(locks)
+        if holder is not None and holder["owner"] == self.owner:
+            locks.update(ids=[self.key], metadatas=[{"owner": self.owner, "renewed": time.time()}])
+
+    @guarded_write
+    def release(self) -> None:
+        self._locks().delete(ids=[self.key], where={"owner": self.owner})
+
+
+@contextlib.contextmanager
+def writer_lease(collection: Collection) -> Iterator[None]:
+    """Hold the lease while the block runs (nothing to do for an embedded store: its file
+    lock is enough)."""
+    if collection.embedded:
+        yield
+        return
+    lease = Lease(collection)
+    lease.acquire()
+    stop = threading.Event()
+
+    def renewing() -> None:
+        while not stop.wait(RENEW_S):
+            with contextlib.suppress(RagError):
+                lease.renew()
+
+    thread = threading.Thread(target=renewing, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        with contextlib.suppress(RagError):
+            lease.release()
