@@ -238,9 +238,15 @@ class Assistant:
 
     def collection_facts(self) -> CollectionFacts:
         """What filters can use: the source files (readable names), categories, how many
-        papers have a full date (empty above `ui_scan_max_chunks`: too costly to scan)."""
+        papers have a full date: as the last ingest saved them (an index from an older version:
+        scanned, or empty above `ui_scan_max_chunks`)."""
         from rag.filters import CollectionFacts
+        from rag.store import Store
 
+        store = Store(self.settings, self.embedder.name)
+        saved = store.facts() if store.exists() else None
+        if saved is not None:  # kept by every ingest: no scan, at any size
+            return CollectionFacts.from_json(saved)
         return CollectionFacts.of(c.metadata for c in self._scan())
 
     def paper_titles(self) -> list[str]:

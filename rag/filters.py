@@ -144,12 +144,12 @@ class SourceFacts:
     """One source file of the collection: its papers and their listing dates."""
 
     name: str
-    papers: set[str] = field(default_factory=set)
+    papers: int = 0
     dates: set[str] = field(default_factory=set)
 
     def label(self) -> str:
         """A readable name: the user's file name, or for a listing page its date(s)."""
-        count = f"{len(self.papers)} paper{'s' * (len(self.papers) != 1)}"
+        count = f"{self.papers} paper{'s' * (self.papers != 1)}"
         if PurePath(self.name).suffix.lower() in DATA_FILES or not self.dates:
             kind = self.name if PurePath(self.name).suffix.lower() in DATA_FILES else None
             return f"{kind or 'Listing page without a date'} ({count})"
@@ -169,13 +169,15 @@ class CollectionFacts:
 
     @classmethod
     def of(cls, metadatas: Iterable[dict[str, Any]]) -> CollectionFacts:
+        """From chunk metadata (every chunk, or each paper's first)."""
         facts = cls()
         seen: set[str] = set()
+        papers: dict[str, set[str]] = {}
         for meta in metadatas:
             pid = meta.get("paper_id", "")
             for source, day in json.loads(meta.get("listings") or "[]"):
+                papers.setdefault(source, set()).add(pid)
                 entry = facts.sources.setdefault(source, SourceFacts(source))
-                entry.papers.add(pid)
                 if day:
                     entry.dates.add(day)
             if pid in seen:
@@ -184,7 +186,28 @@ class CollectionFacts:
             facts.papers += 1
             facts.dated += "date_num" in meta
             facts.categories.update(meta.get("categories") or ())
+        for source, ids in papers.items():
+            facts.sources[source].papers = len(ids)
         return facts
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "papers": self.papers,
+            "dated": self.dated,
+            "categories": sorted(self.categories),
+            "sources": {
+                s.name: {"papers": s.papers, "dates": sorted(s.dates)}
+                for s in self.sources.values()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> CollectionFacts:
+        sources = {
+            name: SourceFacts(name, int(s["papers"]), set(s["dates"]))
+            for name, s in saved["sources"].items()
+        }
+        return cls(int(saved["papers"]), int(saved["dated"]), set(saved["categories"]), sources)
 
     def source_choices(self) -> list[tuple[str, str]]:
         """(readable label, file name) per source, by label; a label two sources share gets

@@ -33,6 +33,7 @@ from rag.corpus import (
     normalise_title,
 )
 from rag.errors import InputError, RagError
+from rag.facts import RunFacts, update_facts
 from rag.lease import writer_lease
 from rag.lexical import LOCK_NAME, LexicalIndex
 from rag.reading import FilePosition, expand_paths
@@ -332,13 +333,14 @@ def ingest_papers(
         if store.exists():
             store.open()  # the recorded model is checked before anything is read
             before = Store(settings, embedder.name).stamp()
-        seen = SeenPapers()
+        seen, run = SeenPapers(), RunFacts()
         changed: set[str] | None = set()  # None: more than CHANGED_LISTED
         with tqdm(desc="embedding", unit="chunk", disable=not progress, leave=False) as bar:
             for batch in _batched(papers, PAPER_BATCH):
                 store.create()  # on the first batch: reading nothing creates no index
                 written = _Batch(store, chunker, embedder, settings, report, bar).write(batch)
                 report.tally(written, seen.add(list(written)), changed)
+                run.add(batch, written)
                 if changed is not None:
                     changed.update(p for p, state in written.items() if state != "unchanged")
                     changed = changed if len(changed) <= CHANGED_LISTED else None
@@ -351,6 +353,8 @@ def ingest_papers(
             store.bump_generation()  # whatever was derived during the ingest is stale too
             lexical = LexicalIndex(Store(settings, embedder.name))
             report.bm25 = lexical.extend(changed, before, lexical.store.stamp())
+        if store.exists() and (store.written or store.facts() is None):
+            update_facts(store, run, report.papers_total)
     return report
 
 

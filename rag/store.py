@@ -29,6 +29,7 @@ SCHEMA_KEY = "rag_schema"
 GENERATION_KEY = "generation"
 GET_PAGE = 10_000  # records per Chroma read of the whole collection
 
+FACTS_KEY = "rag_facts"  # collection metadata: what the filters can use, kept by each ingest
 PAPER_KEYS_OPTIONAL = ("sources", "dates", "arxiv_id", "categories", "date", "date_num")
 """Paper-level metadata keys that are absent when empty (an update must remove them)."""
 
@@ -222,6 +223,31 @@ class Collection:
         col.modify(metadata=meta)
         if self.embedded:
             CLIENTS.wrote(self.path, meta[GENERATION_KEY])
+
+    @guarded
+    def facts(self) -> dict[str, Any] | None:
+        """What the filters can use (`CollectionFacts` as JSON), as the last ingest saved it."""
+        col = self.client.get_collection(self.settings.collection, embedding_function=None)
+        saved = (col.metadata or {}).get(FACTS_KEY)
+        try:
+            return json.loads(saved) if saved else None
+        except ValueError:
+            return None
+
+    @guarded_write
+    def save_facts(self, facts: dict[str, Any]) -> None:
+        col = self.client.get_collection(self.settings.collection, embedding_function=None)
+        col.modify(metadata={**(col.metadata or {}), FACTS_KEY: json.dumps(facts)})
+
+    @guarded
+    def count_papers(self, where: dict[str, Any]) -> int:
+        """Papers whose first chunk `where` selects (ids only are read)."""
+        return sum(len(page["ids"]) for page in self._pages([], {"$and": [{"chunk": 0}, where]}))
+
+    def first_chunk_metadata(self) -> Iterator[dict[str, Any]]:
+        """Each paper's first chunk's metadata, a page at a time."""
+        for page in self._pages(["metadatas"], {"chunk": 0}):
+            yield from page["metadatas"]
 
     def _mark_written(self) -> None:
         # Bumped before the first write, so that even a killed ingest leaves a new generation.

@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"rag.table"},
     {"rag.chroma"},
     {"rag.store"},
-    {"rag.lexical", "rag.chunking", "rag.lease"},
+    {"rag.lexical", "rag.chunking", "rag.lease", "rag.facts"},
     {"rag.ingest", "rag.retrieve"},
     {"rag.support"},
     {"rag.claims"},

@@ -137,3 +137,50 @@ def test_papers_read_twice_count_once_in_a_few_bytes_each() -> None:
     report.tally({"x": "updated", "y": "unchanged"}, [False, False], changed)
     assert (report.papers_read, report.papers_added, report.papers_updated) == (2, 1, 1)
     assert report.papers_unchanged == 0
+
+
+def test_ingests_keep_what_the_filters_can_use_so_the_ui_never_scans(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag.api import Assistant
+    from rag.corpus import Listing, Paper
+    from rag.filters import CollectionFacts
+
+    embedder = HashEmbedder()
+
+    def paper(title: str, source: str, date: str | None, day: str | None = None) -> Paper:
+        found = make_paper(title, f"{title} studies glaciers and sea ice in depth.", source)
+        found.listings = (Listing(source, day),)
+        found.date = date
+        if date:
+            found.categories = ("physics.ao-ph",)
+        return found
+
+    ingest_papers(
+        [paper("A", "may8.txt", None, "May 8"), paper("B", "may8.txt", None, "May 8")],
+        settings,
+        embedder,
+    )
+    ingest_papers(
+        [paper("C", "mine.jsonl", "2024-06-01"), paper("A", "may9.txt", None, "May 9")],
+        settings,
+        embedder,
+    )
+    store = Store(settings, embedder.name)
+    saved = CollectionFacts.from_json(store.facts())
+    scanned = CollectionFacts.of(c.metadata for c in store.all_chunks())
+    assert saved.to_json() == scanned.to_json()
+    assert {s.name: s.papers for s in saved.sources.values()} == {
+        "may8.txt": 2,
+        "may9.txt": 1,
+        "mine.jsonl": 1,
+    }
+    assert (saved.papers, saved.dated, saved.categories) == (3, 1, {"physics.ao-ph"})
+
+    monkeypatch.setattr(Assistant, "_scan", lambda *a: pytest.fail("scanned the store"))
+    facts = Assistant(settings.model_copy(update={"ui_scan_max_chunks": 0}), embedder=embedder)
+    assert [label for label, _ in facts.collection_facts().source_choices()] == [
+        "Listing page of May 8 (2 papers)",
+        "Listing page of May 9 (1 paper)",
+        "mine.jsonl (1 paper)",
+    ]
