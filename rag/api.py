@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from rag.llm import LLM
     from rag.retrieve import PaperHit, Retriever
     from rag.settings import Settings
+    from rag.store import Store
     from rag.summarize import Summary
 
 log = logging.getLogger(__name__)
@@ -106,16 +107,16 @@ class Assistant:
             retriever = self._retrievers[mode]
         if not filters:
             return retriever
-        self._check_admits(filters)
+        store = getattr(retriever, "store", None)
+        if store is not None:
+            self._check_admits(store, filters)
         return retriever.restricted(filters)
 
-    def _check_admits(self, filters: Filter) -> None:
+    def _check_admits(self, store: Store, filters: Filter) -> None:
         """An `InputError` saying why, when `filters` leave no paper of the collection (a date
         filter over listing pages, whose dates have no year, leaves out every one)."""
         from rag.filters import Filter, nothing_admitted
-        from rag.store import Store
 
-        store = Store(self.settings, self.embedder.name)
         if not store.exists() or store.count() == 0:
             return
         key = (store.stamp(), filters)

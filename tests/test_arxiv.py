@@ -12,6 +12,7 @@ import pytest
 
 from rag import api
 from rag.corpus import Paper, Problem, detect_format, iter_file, merge_papers, paper_url
+from rag.errors import InputError
 from rag.filters import Filter
 from rag.retrieve import get_retriever
 from rag.settings import Settings
@@ -209,6 +210,12 @@ def test_excluded_papers_are_never_retrieved_or_cited(
         admitted = {pid for pid, meta in metas.items() if filters.matches(meta)}
         for mode in ("dense", "bm25", "hybrid"):
             retriever = get_retriever(settings, embedder, mode)
+            if not admitted:  # nothing to search: said in one line, nothing is answered
+                with pytest.raises(InputError, match="No paper matches the filters"):
+                    api.search("quokka", settings, k=5, retriever=retriever, filters=filters)
+                with pytest.raises(InputError, match="No paper matches the filters"):
+                    api.ask("quokka?", llm_settings, retriever=retriever, filters=filters)
+                continue
             for word in ("quokka", "narwhal", "axolotl", "pangolin", "okapi"):
                 found = api.search(word, settings, k=5, retriever=retriever, filters=filters)
                 assert {p.paper_id for p in found} <= admitted, (filters, mode, word)
