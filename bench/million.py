@@ -15,7 +15,11 @@ the same directory):
 * serve: `rag serve` until the page answers, its RSS then and after one search;
 * incremental: `rag ingest` of 1,000 new papers into it: wall time, peak RSS, what BM25 rebuilt.
 
+With `--server`, a real `chroma run --path DIR/server` is started and every step goes to it
+through RAG_CHROMA_HOST (the local index directory then holds only BM25 and the lock).
+
 Usage: python bench/million.py [--papers 1000000] [--dir /tmp/million] [--steps gen,ingest,...]
+                               [--server]
 """
 
 from __future__ import annotations
@@ -85,9 +89,34 @@ def write_corpus(path: Path, papers: int, first: int = 0, seed: int = 1) -> None
             out.write("\n".join(lines) + "\n")
 
 
+SERVER: dict[str, str] = {}  # RAG_CHROMA_HOST/PORT under --server
+
+
 def env(index: Path) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "OPENAI_"))}
-    return {**keep, "RAG_INDEX_DIR": str(index), "RAG_EMBED_MODEL": "hash:384"}
+    return {**keep, "RAG_INDEX_DIR": str(index), "RAG_EMBED_MODEL": "hash:384", **SERVER}
+
+
+def start_chroma(path: Path) -> subprocess.Popen:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    chroma = Path(sys.executable).parent / "chroma"
+    server = subprocess.Popen(
+        [str(chroma), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.2)
+    SERVER.update({"RAG_CHROMA_HOST": "127.0.0.1", "RAG_CHROMA_PORT": str(port)})
+    return server
 
 
 def timed(cmd: list[str], index: Path) -> tuple[float, float, str]:
@@ -120,8 +149,7 @@ def size_on_disk(path: Path) -> str:
 
 def warm_child(index: Path) -> None:
     """In its own process: p50/p95 of 50 searches per retriever mode, after one warm-up."""
-    os.environ.update(env(index))
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT))  # the environment is the one `timed` gave this process
     from rag.api import Assistant
     from rag.settings import Settings
 
@@ -197,11 +225,22 @@ def main() -> None:
     parser.add_argument("--papers", type=int, default=1_000_000)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/million"))
     parser.add_argument("--steps", default=",".join(STEPS))
+    parser.add_argument("--server", action="store_true", help="through a `chroma run` server")
     parser.add_argument("--warm-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warm_child:
         warm_child(args.warm_child)
         return
+    chroma = start_chroma(args.dir / "server") if args.server else None
+    try:
+        run_steps(args)
+    finally:
+        if chroma is not None:
+            chroma.terminate()
+            chroma.wait(timeout=60)
+
+
+def run_steps(args: argparse.Namespace) -> None:
     steps = args.steps.split(",")
     args.dir.mkdir(parents=True, exist_ok=True)
     corpus, index = args.dir / f"papers-{args.papers}.jsonl", args.dir / "index"

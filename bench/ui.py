@@ -130,8 +130,7 @@ def main() -> None:
     print("| commit | runs | page usable | first token | whole answer with sources |")
     print("|---|---|---|---|---|")
     print(
-        f"| {commit} | {args.runs} | {medians[0]:.2f} s | {medians[1]:.2f} s | "
-        f"{medians[2]:.2f} s |"
+        f"| {commit} | {args.runs} | {medians[0]:.2f} s | {medians[1]:.2f} s | {medians[2]:.2f} s |"
     )
 
 
