@@ -10,6 +10,8 @@ the same directory):
 
 * gen: write the JSON Lines file (skipped when it exists);
 * ingest: `rag ingest FILE` in a fresh process: wall time, peak RSS; the index's size on disk;
+* bm25: build the BM25 index whole in a fresh process (an ingest does it when it ends; this
+  times it alone): wall time, peak RSS, segments;
 * search: a fresh `rag search --json` process, three times: wall time, peak RSS;
 * warm: dense, bm25 and hybrid searches in one warm process, p50/p95 over 50 queries each;
 * serve: `rag serve` until the page answers, its RSS then and after one search;
@@ -31,6 +33,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -40,7 +43,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 VOCABULARY = 60_000
 SYLLABLES = "ka ri to mu ne sa lo vi de an or el us in ma te po ge ul ix".split()
-STEPS = ("gen", "ingest", "search", "warm", "serve", "incremental")
+STEPS = ("gen", "ingest", "bm25", "search", "warm", "serve", "incremental")
+BUILD_BM25 = (
+    "from rag.settings import Settings; from rag.store import Store; "
+    "from rag.lexical import LexicalIndex; from rag.embed import get_embedder; "
+    "s = Settings(); idx = LexicalIndex(Store(s, get_embedder(s).name)); "
+    "idx._build(idx.store.stamp()); print(len(idx.current().segments))"
+)
 
 
 def vocabulary(seed: int = 7) -> np.ndarray:
@@ -122,15 +131,16 @@ def start_chroma(path: Path) -> subprocess.Popen:
 def timed(cmd: list[str], index: Path) -> tuple[float, float, str]:
     """Run `cmd`: (wall seconds, peak RSS MB of that process, stdout)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env(index), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.communicate()
-    # The process is reaped by communicate; its rusage is the children's maximum so far.
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    wall = time.perf_counter() - start
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-2000:]}")
+    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+        proc = subprocess.Popen(cmd, env=env(index), stdout=out_file, stderr=err_file)
+        _, status, usage = os.wait4(proc.pid, 0)  # this process's own peak RSS
+        wall = time.perf_counter() - start
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
+    rss = usage.ru_maxrss / 1024
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err.decode()[-2000:]}")
     return wall, rss, out.decode()
 
 
@@ -259,6 +269,9 @@ def run_steps(args: argparse.Namespace) -> None:
             f"{wall / 60:.1f} min; peak RSS {rss:.0f} MB; {report['chunks_embedded']:,} chunks",
         )
         row("index on disk", size_on_disk(index))
+    if "bm25" in steps:
+        wall, rss, out = timed([sys.executable, "-c", BUILD_BM25], index)
+        row("BM25 built whole", f"{wall:.0f} s; peak RSS {rss:.0f} MB; {out.strip()} segments")
     if "search" in steps:
         for attempt in range(3):
             wall, rss, _ = timed(rag("search", "kari tomu nesa", "--json"), index)
