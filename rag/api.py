@@ -122,9 +122,11 @@ class Assistant:
         key = (store.stamp(), filters)
         if key in self._admitting:
             return
-        if not store.admitted_papers(filters):
+        if not store.admits_any(filters):
             dated = len(store.admitted_papers(Filter(since="0001-01-01")))
             raise InputError(nothing_admitted(filters, store.paper_count(), dated))
+        if len(self._admitting) > 64:
+            self._admitting.clear()
         self._admitting.add(key)
 
     def search(
@@ -247,7 +249,10 @@ class Assistant:
         store = Store(self.settings, self.embedder.name)
         saved = store.facts() if store.exists() else None
         if saved is not None:  # kept by every ingest: no scan, at any size
-            return CollectionFacts.from_json(saved)
+            try:
+                return CollectionFacts.from_json(saved)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                log.info("the saved filter facts are damaged; scanning the store instead")
         return CollectionFacts.of(c.metadata for c in self._scan())
 
     def paper_titles(self) -> list[str]:

@@ -32,12 +32,20 @@ class RunFacts:
             self.added_dated += bool(paper.date) and written.get(pid) == "added"
 
 
-def update_facts(store: Collection, run: RunFacts, papers: int) -> None:
-    """After an ingest: the saved facts with this run's sources recounted (the store is asked
-    how many papers each holds), its dates and categories added. Without saved facts they are
-    gathered whole from each paper's first chunk (once: an index from an older version)."""
+def update_facts(
+    store: Collection,
+    run: RunFacts,
+    papers: int,
+    before: tuple[int, int] | None,
+    generation: int,
+) -> None:
+    """After an ingest (the store at `before` when it began, at `generation` now): the saved
+    facts with this run's sources recounted (the store is asked how many papers each holds),
+    its dates and categories added. They are gathered whole from each paper's first chunk
+    when there are none, or they are not those of the store the ingest began with (an ingest
+    interrupted since: what it wrote was never counted)."""
     saved = store.facts()
-    if saved is None:
+    if saved is None or before is None or saved.get("generation") != before[0]:
         facts = CollectionFacts.of(store.first_chunk_metadata())
     else:
         facts = CollectionFacts.from_json(saved)
@@ -48,4 +56,4 @@ def update_facts(store: Collection, run: RunFacts, papers: int) -> None:
         facts.categories |= run.categories
         facts.dated += run.added_dated
         facts.papers = papers
-    store.save_facts(facts.to_json())
+    store.save_facts({**facts.to_json(), "generation": generation})

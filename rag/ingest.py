@@ -128,7 +128,8 @@ class SeenPapers:
         for run in self.runs:
             at = np.minimum(np.searchsorted(run, keys), len(run) - 1)
             seen |= run[at] == keys
-        self.runs.append(np.unique(keys[~seen]))
+        if not seen.all():
+            self.runs.append(np.unique(keys[~seen]))
         while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
             last = self.runs.pop()
             self.runs.append(np.union1d(self.runs.pop(), last))
@@ -354,7 +355,8 @@ def ingest_papers(
             lexical = LexicalIndex(Store(settings, embedder.name))
             report.bm25 = lexical.extend(changed, before, lexical.store.stamp())
         if store.exists() and (store.written or store.facts() is None):
-            update_facts(store, run, report.papers_total)
+            now = Store(settings, embedder.name).stamp()
+            update_facts(store, run, report.papers_total, before, now[0])
     return report
 
 

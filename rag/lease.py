@@ -50,15 +50,17 @@ class Lease:
         locks = self._locks()
         holder = self._holder(locks)
         if holder is not None and time.time() - float(holder["renewed"]) > LEASE_S:
-            locks.delete(ids=[self.key], where={"owner": holder["owner"]})  # its writer died
-            holder = None
+            # Its writer died. Only that very lease is removed (one renewed meanwhile stays).
+            seen = {"$and": [{"owner": holder["owner"]}, {"renewed": holder["renewed"]}]}
+            locks.delete(ids=[self.key], where=seen)
+            holder = self._holder(locks)
         if holder is None:
-            with contextlib.suppress(Exception):  # an add of an id that exists is refused
-                locks.add(
-                    ids=[self.key],
-                    embeddings=[[1.0, 0.0]],
-                    metadatas=[{"owner": self.owner, "renewed": time.time()}],
-                )
+            # Chroma ignores an add whose id exists: reading back says whose add landed.
+            locks.add(
+                ids=[self.key],
+                embeddings=[[1.0, 0.0]],
+                metadatas=[{"owner": self.owner, "renewed": time.time()}],
+            )
             holder = self._holder(locks)
         if holder is None or holder["owner"] != self.owner:
             who = holder["owner"] if holder else "another writer"

@@ -97,6 +97,11 @@ class Segment:
     model: Any
     deleted: set[int] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        self.alive = np.ones(len(self.ids), dtype=bool)
+        if self.deleted:
+            self.alive[np.fromiter(self.deleted, dtype=np.int64)] = False
+
     def column(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(rows, bm25s scores) of the papers holding `term`."""
         at = (getattr(self.model, "vocab_dict", None) or {}).get(term)
@@ -121,7 +126,12 @@ class Lexicon:
         self.papers = len(self.ids) - sum(len(s.deleted) for s in segments)
 
     def doc_freq(self, term: str) -> int:
-        return sum(len(found[0]) for s in self.segments if (found := s.column(term)))
+        """Live papers holding `term` (a tombstoned row is not counted)."""
+        return sum(
+            int(np.count_nonzero(s.alive[found[0]]))
+            for s in self.segments
+            if (found := s.column(term))
+        )
 
     def idf(self, df: float, n: float) -> float:
         return math.log(1 + (n - df + 0.5) / (df + 0.5))  # bm25s's (Lucene's) IDF
@@ -139,7 +149,7 @@ class Lexicon:
                 local = self.idf(len(rows), len(segment.ids))
                 out[offset + rows] += values * np.float32(weights[term] / local)
             if segment.deleted:
-                out[offset + np.fromiter(segment.deleted, dtype=np.int64)] = 0.0
+                out[offset : offset + len(segment.ids)][~segment.alive] = 0.0
             offset += len(segment.ids)
         return out
 
@@ -159,6 +169,7 @@ class LexicalIndex:
         self.store = store
         self._lexicon = Lexicon([])
         self._stamp: tuple[int, int] | None = None
+        self._kept: tuple[int, int] | None = None  # a stamp seen mid-ingest, index kept
         self._lock = threading.Lock()
 
     @property
@@ -169,12 +180,17 @@ class LexicalIndex:
         """The index as of the store's stamp (loaded or rebuilt)."""
         stamp = self.store.stamp()
         with self._lock:
-            if stamp != self._stamp:
-                loaded = self._load(stamp)
-                if loaded is None and self._stamp is not None and self._ingesting():
-                    return self._lexicon  # the ingest saves the new index when it ends
-                self._lexicon = loaded or self._build(stamp)
-                self._stamp = stamp
+            if stamp in (self._stamp, self._kept):
+                return self._lexicon
+            loaded = self._load(stamp)
+            ingesting = loaded is None and self._ingesting()
+            if ingesting and self._stamp is not None:
+                self._kept = stamp  # the ingest saves the new index when it ends
+                return self._lexicon
+            # Mid-ingest (a first search of this process) the build is this process's only:
+            # published, it could cover a half-written store or race the ingest's own.
+            self._lexicon = loaded or self._build(stamp, publish=not ingesting)
+            self._stamp, self._kept = stamp, None
             return self._lexicon
 
     def _ingesting(self) -> bool:
@@ -192,11 +208,10 @@ class LexicalIndex:
     def _record(self, path: Path | None = None) -> dict[str, Any] | None:
         try:
             saved = json.loads(((path or self.path) / "papers.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if saved.get("format") != FORMAT or saved.get("tokenizer") != TOKENIZER_VERSION:
-            return None
-        return saved
+            ok = saved.get("format") == FORMAT and saved.get("tokenizer") == TOKENIZER_VERSION
+            return saved if ok and len(saved["stamp"]) == 2 else None
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            return None  # missing or damaged: rebuilt
 
     def _load(self, stamp: tuple[int, int]) -> Lexicon | None:
         bm25s = _bm25s()
@@ -218,10 +233,11 @@ class LexicalIndex:
         except (OSError, ValueError, KeyError, TypeError):
             return None  # damaged, or a segment removed by a merge meanwhile: rebuild
 
-    def _build(self, stamp: tuple[int, int]) -> Lexicon:
+    def _build(self, stamp: tuple[int, int], publish: bool = True) -> Lexicon:
         """The whole index from the store, a segment of `SEGMENT_PAPERS` papers at a time
-        (a paper is complete once all its `n_chunks` chunks are read)."""
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        (a paper is complete once all its `n_chunks` chunks are read); saved when `publish`
+        and the store did not change meanwhile."""
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         segments: list[Segment] = []
         pending: dict[str, list[Hit]] = {}
@@ -235,11 +251,17 @@ class LexicalIndex:
             if len(ready) >= SEGMENT_PAPERS:
                 segments.append(self._segment(ready, tmp))
                 ready = {}
-        ready.update(pending)  # a paper cut short by an interrupted ingest: what there is
+        flushed = {pid for segment in segments for pid in segment.ids}
+        for pid, parts in pending.items():  # cut short by an interrupted ingest: what there is
+            if pid not in flushed:
+                ready.setdefault(pid, []).extend(parts)
         if ready:
             segments.append(self._segment(ready, tmp))
-        lexicon = Lexicon(segments)
-        self._publish(tmp, lexicon, stamp, whole=True)
+        lexicon = Lexicon([s for s in segments if s.ids])
+        if publish and self.store.stamp() == stamp:
+            self._publish(tmp, lexicon, stamp, whole=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         return lexicon
 
     def _segment(self, papers: dict[str, list[Hit]], folder: Path) -> Segment:
@@ -250,6 +272,8 @@ class LexicalIndex:
             group = sorted(papers[pid], key=lambda c: c.metadata["chunk"])
             docs.append(tokenize(" ".join([group[0].metadata["title"], *(c.text for c in group)])))
         model = bm25s.BM25()
+        if not any(docs):  # no paper has a term: an empty vocabulary breaks bm25s
+            docs[0] = ["\u2205"]
         model.index(docs, show_progress=False)
         name = f"seg-{uuid.uuid4().hex[:12]}"
         try:
@@ -269,11 +293,11 @@ class LexicalIndex:
         }
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            tmp_record = folder / f".papers.{os.getpid()}.json"
+            tmp_record = folder / f".papers.{uuid.uuid4().hex}.json"
             tmp_record.write_text(json.dumps(record), encoding="utf-8")
             os.replace(tmp_record, folder / "papers.json")
             if whole:
-                old = self.path.with_name(f".{self.path.name}.{os.getpid()}.old")
+                old = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.old")
                 if self.path.exists():
                     self.path.rename(old)
                 folder.rename(self.path)
@@ -298,8 +322,9 @@ class LexicalIndex:
         if current is None:
             self._build(after)
             return "built whole"
-        if len(changed) > current.papers // 4:
-            self._build(after)
+        tombstones = sum(len(s.deleted) for s in current.segments) + len(changed)
+        if len(changed) > current.papers // 4 or tombstones > len(current.ids) // 4:
+            self._build(after)  # most of it changed, or a quarter of its rows are dead
             return "built whole"
         small = [s for s in current.segments if len(s.ids) < SEGMENT_PAPERS // 10]
         kept = current.segments
@@ -314,7 +339,14 @@ class LexicalIndex:
         listed = sorted(wanted)
         for start in range(0, len(listed), 1000):
             papers.update(self.store.paper_chunks(listed[start : start + 1000]))
-        segments = [*kept, self._segment(papers, self.path)] if papers else kept
+        fresh = sorted(papers)
+        segments = [
+            *kept,
+            *(
+                self._segment({p: papers[p] for p in fresh[i : i + SEGMENT_PAPERS]}, self.path)
+                for i in range(0, len(fresh), SEGMENT_PAPERS)
+            ),
+        ]
         self._publish(self.path, Lexicon(segments), after, whole=False)
         for s in current.segments:
             if s not in kept:

@@ -232,7 +232,8 @@ class BM25Retriever(StoreRetriever):
             admitted = self.store.admitted_papers(filters)
             return np.fromiter((pid in admitted for pid in ids), dtype=bool, count=len(ids))
 
-        return self._masks.get((self.store.stamp(), filters), compute)
+        # Keyed on the id list too: during an ingest one stamp can go with two BM25 indexes.
+        return self._masks.get((self.store.stamp(), id(ids), len(ids), filters), compute)
 
     def hits(self, query: str, ranking: Sequence[tuple[str, float]]) -> list[PaperHit]:
         """Ranked paper ids -> papers, each with the chunk sharing most query terms as snippet."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rag.chroma import CLIENTS, check_files, connect, guarded, guarded_write
+from rag.chroma import CLIENTS, check_files, connect, failure, guarded, guarded_write
 from rag.corpus import Listing, Paper
 from rag.errors import IndexMismatchError, RagError
 from rag.filters import Filter, date_number
@@ -189,7 +189,14 @@ class Collection:
         32,000 records fails inside Chroma ("too many SQL variables")."""
         offset = 0
         while True:
-            page = self.open().get(where=where, include=include, limit=GET_PAGE, offset=offset)
+            try:  # a generator is read outside any `guarded` method: its failures too are one line
+                page = self.open().get(where=where, include=include, limit=GET_PAGE, offset=offset)
+            except RagError:
+                raise
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+                    raise
+                raise failure(exc, self.location) from None
             if not page["ids"]:
                 return
             yield page
@@ -388,6 +395,14 @@ class Store(Collection):
             Hit(hit.chunk_id, 1.0 - float(dist), hit.text, hit.metadata)
             for hit, dist in zip(_hits(found), found["distances"], strict=True)
         ]
+
+    @guarded
+    def admits_any(self, filters: Filter) -> bool:
+        """Whether `filters` admit at least one chunk (one id is read, not every match)."""
+        table = self.table()
+        if table is not None:
+            return bool(table.mask(filters).any())
+        return bool(self.open().get(where=filters.where(), limit=1, include=[])["ids"])
 
     @guarded
     def admitted_papers(self, filters: Filter) -> set[str]:

@@ -69,6 +69,8 @@ def test_an_ingest_adds_what_it_changed_as_a_segment_and_scores_match_a_whole_bu
         assert max(by_a, key=by_a.get) == max(by_b, key=by_b.get), query
         # Global IDF: a paper's score differs only by its segment's length normalisation.
         assert all(abs(by_a[p] - by_b[p]) <= 0.15 * by_b[p] for p in by_b)
+    for term in ("glacier", "surg", "coral", "volcano", "rewritten"):  # tombstones not counted
+        assert segmented.current().doc_freq(term) == whole.current().doc_freq(term), term
     ids, scores = segmented.scores("glacier surge rewritten")
     assert ids[int(np.argmax(scores))] == changed.paper_id
     assert sum(1 for pid in ids if pid == changed.paper_id) == 2  # old row kept, scored 0
@@ -127,6 +129,8 @@ def test_papers_read_twice_count_once_in_a_few_bytes_each() -> None:
     for start in range(0, len(ids), 256):
         seen.add(ids[start : start + 256])
     assert seen.add(["p5", "p199999", "new"]) == [False, False, True]
+    assert seen.add(["p1", "p2"]) == [False, False]  # a batch of papers all read before
+    assert seen.add(["p3", "newer"]) == [False, True]
     assert sum(run.nbytes for run in seen.runs) <= 8 * 200_010
     assert len(seen.runs) <= 20  # merged as they grow
 
@@ -184,3 +188,25 @@ def test_ingests_keep_what_the_filters_can_use_so_the_ui_never_scans(
         "Listing page of May 9 (1 paper)",
         "mine.jsonl (1 paper)",
     ]
+
+
+def test_facts_are_gathered_again_after_an_interrupted_ingest(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rag.ingest
+    from rag.filters import CollectionFacts
+
+    embedder = HashEmbedder()
+    ingest_papers(synthetic(3, 1, "A"), settings, embedder)
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt  # the ingest dies after writing, before saving the facts
+
+    monkeypatch.setattr(rag.ingest, "update_facts", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_papers([make_paper("B paper", "glacier ice.", "other.txt")], settings, embedder)
+    monkeypatch.undo()
+    ingest_papers(synthetic(2, 3, "C"), settings, embedder)
+    store = Store(settings, embedder.name)
+    saved = CollectionFacts.from_json(store.facts())
+    assert saved.papers == 6 and saved.sources["other.txt"].papers == 1
