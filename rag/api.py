@@ -109,25 +109,8 @@ class Assistant:
             return retriever
         store = getattr(retriever, "store", None)
         if store is not None:
-            self._check_admits(store, filters)
+            check_admits(store, filters, self._admitting)
         return retriever.restricted(filters)
-
-    def _check_admits(self, store: Store, filters: Filter) -> None:
-        """An `InputError` saying why, when `filters` leave no paper of the collection (a date
-        filter over listing pages, whose dates have no year, leaves out every one)."""
-        from rag.filters import Filter, nothing_admitted
-
-        if not store.exists() or store.count() == 0:
-            return
-        key = (store.stamp(), filters)
-        if key in self._admitting:
-            return
-        if not store.admits_any(filters):
-            dated = len(store.admitted_papers(Filter(since="0001-01-01")))
-            raise InputError(nothing_admitted(filters, store.paper_count(), dated))
-        if len(self._admitting) > 64:
-            self._admitting.clear()
-        self._admitting.add(key)
 
     def search(
         self, query: str, k: int | None = None, *, filters: Filter | None = None
@@ -272,6 +255,25 @@ class Assistant:
         if limit <= 0 or not store.exists() or store.count() > limit:
             return []
         return store.all_chunks()
+
+
+def check_admits(store: Store, filters: Filter, known: set[tuple[Any, Filter]]) -> None:
+    """An `InputError` saying why, when `filters` leave no paper of the collection (a date
+    filter over listing pages, whose dates have no year, leaves out every one); `known`: the
+    (store state, filters) already found to admit some."""
+    from rag.filters import Filter, nothing_admitted
+
+    if not store.exists() or store.count() == 0:
+        return
+    key = (store.stamp(), filters)
+    if key in known:
+        return
+    if not store.admits_any(filters):
+        dated = len(store.admitted_papers(Filter(since="0001-01-01")))
+        raise InputError(nothing_admitted(filters, store.paper_count(), dated))
+    if len(known) > 64:
+        known.clear()
+    known.add(key)
 
 
 def configured_llm(settings: Settings, no_llm: bool = False, llm: LLM | None = None) -> LLM | None:
