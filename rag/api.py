@@ -171,14 +171,17 @@ class Assistant:
         turn = Turn(question, answer.answer, standalone, [s.paper_id for s in answer.citations])
         return answer, turn
 
-    def follow_ups(self, answer: Answer) -> list[str]:
+    def follow_ups(
+        self, answer: Answer, on_token: Callable[[str], None] | None = None
+    ) -> list[str]:
         """Up to three questions to ask next about the papers `answer` cites: the LLM's when
-        there is one (templates when it fails or says nothing usable), else templates."""
+        there is one (templates when it fails or says nothing usable), else templates.
+        `on_token` sees the reply stream (an exception raised there stops it)."""
         from rag.conversation import suggest_follow_ups, template_follow_ups
         from rag.errors import LLMError
 
         try:
-            return suggest_follow_ups(answer, self.llm)
+            return suggest_follow_ups(answer, self.llm, on_token)
         except LLMError as exc:
             log.info("follow-up suggestions from templates: %s", exc)
             return template_follow_ups(answer)

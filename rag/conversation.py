@@ -8,7 +8,7 @@ to the previous question, and the papers cited in the previous answer are kept a
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -152,7 +152,9 @@ def suggested_questions(reply: str, asked: str) -> list[str]:
     return found[:FOLLOW_UPS]
 
 
-def suggest_follow_ups(answer: Answer, llm: LLM | None) -> list[str]:
+def suggest_follow_ups(
+    answer: Answer, llm: LLM | None, on_token: Callable[[str], None] | None = None
+) -> list[str]:
     """Questions to ask next: written by the LLM from the answer and its cited papers when
     there is one (`RAG_FOLLOW_UP_TOKENS`), else, or when its reply holds no usable question,
     from templates over the cited titles."""
@@ -173,5 +175,6 @@ def suggest_follow_ups(answer: Answer, llm: LLM | None) -> list[str]:
         tokens,
         what="follow-up suggestions",
         setting="RAG_FOLLOW_UP_TOKENS",
+        on_token=on_token,  # lets a caller stop it (raising there closes the stream)
     )
     return suggested_questions(reply.text, answer.question) or templates

@@ -689,6 +689,22 @@ def test_trash_clear_stop_and_typing_while_waiting(
         page.wait_for_timeout(1500)
         assert page.locator("#chat").inner_text() == shown  # nothing arrives after Stop
         assert "integer additions" not in shown
+
+        # Stop also ends the follow-up suggestions the LLM is writing after the answer.
+        page.locator("#clear").click()
+        llm_server.chunk_delay = 0.0
+        ask_in_page(page, "How does L-Mul replace floating point multiplication?")
+        wait_answers(page, 1)
+        llm_server.chunk_delay = 0.5
+        ask_in_page(page, "How does L-Mul replace floating point multiplication?")
+        page.wait_for_function(
+            "() => document.querySelectorAll('#chat details').length >= 2", timeout=90_000
+        )
+        disconnects = llm_server.disconnects
+        page.locator("#stop").click()
+        page.wait_for_timeout(2500)
+        assert llm_server.disconnects > disconnects
+        assert not page.locator("#follow-ups").get_by_text("How accurate is L-Mul").is_visible()
     finally:
         llm_server.chunk_delay = 0.0
     page.close()

@@ -166,11 +166,16 @@ def build_app(
                     **suggestions([]),
                 }
                 # Then the questions to ask next (an LLM call of its own when there is one).
-                for nexts in in_background(lambda _: request.follow_ups(answer)):  # noqa: B023
+                # Stop, Clear or a new question end it too: each token passes through `emit`.
+                for nexts in in_background(
+                    lambda emit: request.follow_ups(answer, lambda _: emit(None))  # noqa: B023
+                ):
                     if isinstance(nexts, list):
                         # The files again: Gradio empties a download button that a later
                         # yield of the same event skips.
                         yield {**suggestions(nexts), save_md: md, save_bib: bib}
+                    else:  # a token: yielding nothing new lets a Stop end the event here
+                        yield {}
 
     def suggestions(questions: Sequence[str]) -> dict[Any, Any]:
         """The "Ask next" buttons showing `questions` (hidden when there are none)."""
