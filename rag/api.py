@@ -225,6 +225,13 @@ class Assistant:
 
         return Store(self.settings, self.embedder.name).paper_count()
 
+    def chunk_count(self) -> int:
+        """Chunks in the collection (0: empty; cheap at any size)."""
+        from rag.store import Store
+
+        store = Store(self.settings, self.embedder.name)
+        return store.count() if store.exists() else 0
+
     def collection_facts(self) -> CollectionFacts:
         """What filters can use: the source files (readable names), categories, how many
         papers have a full date: as the last ingest saved them (an index from an older version:

@@ -265,7 +265,7 @@ def search(query: str, k: int | None, filters: Filter, as_json: bool) -> None:
         emit_json({"query": query, "results": results})
         return
     if not papers:
-        empty = assistant.paper_count() == 0
+        empty = assistant.chunk_count() == 0
         say("The index is empty: add papers with `rag ingest`." if empty else "No paper matches.")
     for i, paper in enumerate(papers, start=1):
         say(f"{i:>2}. {paper.title}  ({paper.score:.3f})")

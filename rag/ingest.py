@@ -349,7 +349,11 @@ def ingest_papers(
                     on_batch()
                 if on_progress is not None:
                     on_progress(report)
-        report.papers_total = store.paper_count() if store.exists() else 0
+        saved = store.facts() if store.exists() and before else None
+        if saved and before and saved.get("generation") == before[0]:
+            report.papers_total = int(saved["papers"]) + report.papers_added  # no recount
+        else:
+            report.papers_total = store.paper_count() if store.exists() else 0
         if store.written:
             store.bump_generation()  # whatever was derived during the ingest is stale too
             lexical = LexicalIndex(Store(settings, embedder.name))

@@ -210,3 +210,24 @@ def test_facts_are_gathered_again_after_an_interrupted_ingest(
     store = Store(settings, embedder.name)
     saved = CollectionFacts.from_json(store.facts())
     assert saved.papers == 6 and saved.sources["other.txt"].papers == 1
+
+
+def test_the_paper_count_comes_from_the_saved_facts_until_a_write_comes_after(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting papers pages through every first chunk (minutes at 250,000 papers): after an
+    ingest the count it saved is used, and an ingest adds what it added to it."""
+    from rag.store import Collection
+
+    embedder = HashEmbedder()
+    ingest_papers(synthetic(30, 1, "A"), settings, embedder)
+    report = ingest_papers(synthetic(5, 2, "B"), settings, embedder)
+    assert report.papers_total == 35
+    store = Store(settings, embedder.name)
+    pages = Collection._pages
+    monkeypatch.setattr(Collection, "_pages", lambda *a, **k: pytest.fail("paged"))
+    assert store.paper_count() == 35
+    monkeypatch.setattr(Collection, "_pages", pages)
+    store.bump_generation()  # a write the facts do not know of: counted again
+    monkeypatch.setattr(Collection, "_pages", lambda *a, **k: iter([{"ids": ["x"] * 36}]))
+    assert store.paper_count() == 36  # (what the paged read says)
