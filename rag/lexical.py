@@ -205,9 +205,9 @@ class LexicalIndex:
             return False
         return False
 
-    def _record(self, path: Path | None = None) -> dict[str, Any] | None:
+    def _record(self) -> dict[str, Any] | None:
         try:
-            saved = json.loads(((path or self.path) / "papers.json").read_text(encoding="utf-8"))
+            saved = json.loads((self.path / "papers.json").read_text(encoding="utf-8"))
             ok = saved.get("format") == FORMAT and saved.get("tokenizer") == TOKENIZER_VERSION
             return saved if ok and len(saved["stamp"]) == 2 else None
         except (OSError, ValueError, AttributeError, KeyError, TypeError):
@@ -314,12 +314,8 @@ class LexicalIndex:
         to list), taking the store from stamp `before` to `after`: add them as a segment to
         the index saved at `before`, or build the index whole when there is none, it is not at
         `before`, or most of it changed. Says what was done."""
-        saved = self._record()
-        if changed is None or saved is None or before is None or tuple(saved["stamp"]) != before:
-            self._build(after)
-            return "built whole"
-        current = self._load(before)
-        if current is None:
+        current = self._load(before) if changed is not None and before is not None else None
+        if current is None:  # none saved, or not at `before`: whole
             self._build(after)
             return "built whole"
         tombstones = sum(len(s.deleted) for s in current.segments) + len(changed)
