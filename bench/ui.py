@@ -2,7 +2,7 @@
 answer (with its sources) is there, with a loopback LLM that streams at a set pace.
 
 `rag serve` runs from REPO (default: this checkout; give a `git worktree` of an older commit to
-compare before and after) over RAG_INDEX_DIR (default: REPO's index), in headless Chromium at
+compare before and after) over RAG_INDEX_DIR (default: REPO/index/store), in headless Chromium at
 desktop size. Each run opens a fresh page and asks one question.
 
 Usage: python bench/ui.py [--repo DIR] [--runs 6] [--token-delay 0.03]
@@ -107,7 +107,7 @@ def main() -> None:
     llm.default = reply
     llm.chunk_delay = args.token_delay
     llm.chunk_size = 6  # about a token per delta
-    index_dir = os.environ.get("RAG_INDEX_DIR", str(args.repo / "index"))
+    index_dir = os.environ.get("RAG_INDEX_DIR", str(args.repo / "index" / "store"))
     server, url = serve(args.repo.resolve(), llm, index_dir)
     try:
         with sync_playwright() as play:
