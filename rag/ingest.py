@@ -33,9 +33,9 @@ from rag.corpus import (
     normalise_title,
 )
 from rag.errors import InputError, RagError
-from rag.facts import RunFacts, update_facts
+from rag.facts import RunFacts, SeenPapers, update_facts
 from rag.lease import writer_lease
-from rag.lexical import LOCK_NAME, LexicalIndex
+from rag.lexical import LOCK_NAME, LexicalIndex, SegmentWriter
 from rag.reading import FilePosition, expand_paths
 from rag.store import (
     PAPER_KEYS_OPTIONAL,
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAPER_BATCH = 256  # papers compared with the index per round trip
-# Papers an ingest lists as changed, for BM25 to add them as a segment; beyond, it is rebuilt.
+# Papers an ingest lists as changed, so that one read unchanged and later changed counts once.
 CHANGED_LISTED = 200_000
 # Far beyond any real abstract (the bundled corpus: at most 2,700 characters): such a record
 # is cut and reported, instead of becoming thousands of chunks and a prompt of megabytes.
@@ -107,33 +107,6 @@ class IngestReport:
                 self.papers_updated += 1
             else:
                 self.papers_unchanged += 1
-
-
-class SeenPapers:
-    """The paper ids an ingest has read, as 8-byte hashes in sorted runs merged as they grow:
-    some 8 bytes a paper instead of a dictionary entry of about a hundred (2.5 million papers:
-    20 MB, not 250)."""
-
-    def __init__(self) -> None:
-        self.runs: list[np.ndarray] = []
-
-    def add(self, ids: Sequence[str]) -> list[bool]:
-        """Record `ids` (distinct); whether each is read for the first time."""
-        keys = np.fromiter(
-            (int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest()) for i in ids),
-            dtype=np.uint64,
-            count=len(ids),
-        )
-        seen = np.zeros(len(keys), dtype=bool)
-        for run in self.runs:
-            at = np.minimum(np.searchsorted(run, keys), len(run) - 1)
-            seen |= run[at] == keys
-        if not seen.all():
-            self.runs.append(np.unique(keys[~seen]))
-        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
-            last = self.runs.pop()
-            self.runs.append(np.union1d(self.runs.pop(), last))
-        return (~seen).tolist()
 
 
 class Checkpoints:
@@ -336,28 +309,39 @@ def ingest_papers(
             before = Store(settings, embedder.name).stamp()
         seen, run = SeenPapers(), RunFacts()
         changed: set[str] | None = set()  # None: more than CHANGED_LISTED
-        with tqdm(desc="embedding", unit="chunk", disable=not progress, leave=False) as bar:
-            for batch in _batched(papers, PAPER_BATCH):
-                store.create()  # on the first batch: reading nothing creates no index
-                written = _Batch(store, chunker, embedder, settings, report, bar).write(batch)
-                report.tally(written, seen.add(list(written)), changed)
-                run.add(batch, written)
-                if changed is not None:
-                    changed.update(p for p, state in written.items() if state != "unchanged")
-                    changed = changed if len(changed) <= CHANGED_LISTED else None
-                if on_batch is not None:
-                    on_batch()
-                if on_progress is not None:
-                    on_progress(report)
+        lexical = SegmentWriter(LexicalIndex(Store(settings, embedder.name)))
+        try:
+            with tqdm(desc="embedding", unit="chunk", disable=not progress, leave=False) as bar:
+                for batch in _batched(papers, PAPER_BATCH):
+                    store.create()  # on the first batch: reading nothing creates no index
+                    step = _Batch(store, chunker, embedder, settings, report, bar)
+                    written = step.write(batch)
+                    first = seen.add(list(written))
+                    report.tally(written, first, changed)
+                    run.add(batch, written)
+                    firsts = dict(zip(written, first, strict=True))
+                    for pid, (title, texts) in step.texts().items():
+                        lexical.add(pid, title, texts, firsts[pid])
+                    if changed is not None:
+                        changed.update(p for p, state in written.items() if state != "unchanged")
+                        changed = changed if len(changed) <= CHANGED_LISTED else None
+                    if on_batch is not None:
+                        on_batch()
+                    if on_progress is not None:
+                        on_progress(report)
+        except BaseException:
+            lexical.discard()
+            raise
         saved = store.facts() if store.exists() and before else None
         if saved and before and saved.get("generation") == before[0]:
             report.papers_total = int(saved["papers"]) + report.papers_added  # no recount
+        elif before is None:
+            report.papers_total = report.papers_added  # into an empty index: all are new
         else:
             report.papers_total = store.paper_count() if store.exists() else 0
         if store.written:
             store.bump_generation()  # whatever was derived during the ingest is stale too
-            lexical = LexicalIndex(Store(settings, embedder.name))
-            report.bm25 = lexical.extend(changed, before, lexical.store.stamp())
+            report.bm25 = lexical.finish(before, Store(settings, embedder.name).stamp())
         if store.exists() and (store.written or store.facts() is None):
             now = Store(settings, embedder.name).stamp()
             update_facts(store, run, report.papers_total, before, now[0])
@@ -415,6 +399,16 @@ class _Batch:
             self.store.delete(self.stale)
             self.report.chunks_deleted += len(self.stale)
         return status
+
+    def texts(self) -> dict[str, tuple[str, list[str]]]:
+        """The papers written with new text: (title, abstract chunks in order), for BM25."""
+        parts: dict[str, list[Chunk]] = {}
+        for chunk in self.to_embed:
+            parts.setdefault(chunk.paper.paper_id, []).append(chunk)
+        return {
+            pid: (group[0].paper.title, [c.text for c in sorted(group, key=lambda c: c.index)])
+            for pid, group in parts.items()
+        }
 
     def _plan(self, paper: Paper, old: list[dict[str, Any]]) -> str:
         """What to do with one paper, given its stored chunks; its status."""

@@ -7,18 +7,18 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import math
 import os
 import re
 import shutil
 import threading
 import uuid
-from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from rag.segments import Draft, Lexicon, Segment, bm25s_module
 
 if TYPE_CHECKING:
     from rag.store import Store
@@ -73,85 +73,15 @@ def _analyzer() -> tuple[frozenset[str], Any]:
     return frozenset(STOPWORDS_EN), Stemmer.Stemmer("english")
 
 
-def _bm25s() -> Any:
-    import bm25s
-
-    # bm25s sets its logger to DEBUG on import, which floods any configured root handler.
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
-    return bm25s
-
-
 SEGMENT_PAPERS = 50_000  # papers per segment of a whole build: bounds the memory it takes
 SMALL_SEGMENTS = 8  # segments added by ingests (each under a tenth of that) before a merge
 FORMAT = 2
 LOCK_NAME = ".ingest.lock"  # held by an ingest (rag.ingest.ingest_lock)
 
 
-@dataclass(eq=False)  # compared by identity: which loaded segment, not its contents
-class Segment:
-    """A bm25s index over some papers (memory-mapped when loaded); rows of papers that a later
-    segment holds anew are `deleted`."""
-
-    name: str
-    ids: list[str]
-    model: Any
-    deleted: set[int] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self.alive = np.ones(len(self.ids), dtype=bool)
-        if self.deleted:
-            self.alive[np.fromiter(self.deleted, dtype=np.int64)] = False
-
-    def column(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """(rows, bm25s scores) of the papers holding `term`."""
-        at = (getattr(self.model, "vocab_dict", None) or {}).get(term)
-        if at is None:
-            return None
-        scores = self.model.scores
-        start, end = int(scores["indptr"][at]), int(scores["indptr"][at + 1])
-        return np.asarray(scores["indices"][start:end]), np.asarray(scores["data"][start:end])
-
-    def record(self) -> dict[str, Any]:
-        return {"dir": self.name, "paper_ids": self.ids, "deleted": sorted(self.deleted)}
-
-
-class Lexicon:
-    """The BM25 index as of one store state: its segments side by side. A term's weight is the
-    bm25s score of its segment rescaled to the IDF over all segments, so a paper scores as in
-    one index over the whole collection (the length normalisation stays per segment)."""
-
-    def __init__(self, segments: list[Segment]) -> None:
-        self.segments = segments
-        self.ids = [pid for segment in segments for pid in segment.ids]
-        self.papers = len(self.ids) - sum(len(s.deleted) for s in segments)
-
-    def doc_freq(self, term: str) -> int:
-        """Live papers holding `term` (a tombstoned row is not counted)."""
-        return sum(
-            int(np.count_nonzero(s.alive[found[0]]))
-            for s in self.segments
-            if (found := s.column(term))
-        )
-
-    def idf(self, df: float, n: float) -> float:
-        return math.log(1 + (n - df + 0.5) / (df + 0.5))  # bm25s's (Lucene's) IDF
-
-    def scores(self, terms: list[str]) -> np.ndarray:
-        out = np.zeros(len(self.ids), dtype=np.float32)
-        weights = {t: self.idf(self.doc_freq(t), self.papers) for t in set(terms)}
-        offset = 0
-        for segment in self.segments:
-            for term in terms:
-                found = segment.column(term)
-                if found is None:
-                    continue
-                rows, values = found
-                local = self.idf(len(rows), len(segment.ids))
-                out[offset + rows] += values * np.float32(weights[term] / local)
-            if segment.deleted:
-                out[offset : offset + len(segment.ids)][~segment.alive] = 0.0
-            offset += len(segment.ids)
-        return out
+def paper_terms(title: str, texts: list[str]) -> list[str]:
+    """A paper's BM25 document: its title and every chunk of its abstract."""
+    return tokenize(" ".join([title, *texts]))
 
 
 class LexicalIndex:
@@ -214,7 +144,7 @@ class LexicalIndex:
             return None  # missing or damaged: rebuilt
 
     def _load(self, stamp: tuple[int, int]) -> Lexicon | None:
-        bm25s = _bm25s()
+        bm25s = bm25s_module()
         saved = self._record()
         if saved is None or tuple(saved["stamp"]) != stamp:
             return None
@@ -265,22 +195,23 @@ class LexicalIndex:
         return lexicon
 
     def _segment(self, papers: dict[str, list[Hit]], folder: Path) -> Segment:
-        bm25s = _bm25s()
-        ids = sorted(papers)
-        docs = []
-        for pid in ids:
+        draft = Draft()
+        for pid in sorted(papers):
             group = sorted(papers[pid], key=lambda c: c.metadata["chunk"])
-            docs.append(tokenize(" ".join([group[0].metadata["title"], *(c.text for c in group)])))
-        model = bm25s.BM25()
-        if not any(docs):  # no paper has a term: an empty vocabulary breaks bm25s
-            docs[0] = ["\u2205"]
-        model.index(docs, show_progress=False)
+            draft.add(pid, paper_terms(group[0].metadata["title"], [c.text for c in group]))
+        return self._save(draft, folder)
+
+    def _save(self, draft: Draft, folder: Path) -> Segment:
+        """`draft` built and saved in `folder` under a new name (kept in memory when the
+        index cannot be written: it still answers, and is rebuilt per process)."""
+        model = draft.model()
         name = f"seg-{uuid.uuid4().hex[:12]}"
         try:
-            model.save(str(folder / name))
-        except OSError as exc:  # a read-only index still answers, from memory
+            model.save(str(folder / name), show_progress=False)
+        except OSError as exc:
             log.info("BM25 segment not saved (%s); it is rebuilt per process", exc)
-        return Segment(name, ids, model)
+            return Segment("", draft.ids, model)
+        return Segment(name, draft.ids, model)
 
     def _publish(self, folder: Path, lexicon: Lexicon, stamp: tuple[int, int], whole: bool) -> None:
         """Write the record; a whole build's new directory is renamed over the old one, so
@@ -307,51 +238,6 @@ class LexicalIndex:
             if whole:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def extend(
-        self, changed: set[str] | None, before: tuple[int, int] | None, after: tuple[int, int]
-    ) -> str:
-        """After an ingest (under its lock) that changed the papers `changed` (None: too many
-        to list), taking the store from stamp `before` to `after`: add them as a segment to
-        the index saved at `before`, or build the index whole when there is none, it is not at
-        `before`, or most of it changed. Says what was done."""
-        current = self._load(before) if changed is not None and before is not None else None
-        if current is None:  # none saved, or not at `before`: whole
-            self._build(after)
-            return "built whole"
-        tombstones = sum(len(s.deleted) for s in current.segments) + len(changed)
-        if len(changed) > current.papers // 4 or tombstones > len(current.ids) // 4:
-            self._build(after)  # most of it changed, or a quarter of its rows are dead
-            return "built whole"
-        small = [s for s in current.segments if len(s.ids) < SEGMENT_PAPERS // 10]
-        kept = current.segments
-        wanted = set(changed)
-        if len(small) >= SMALL_SEGMENTS:  # merge the small ones with the new papers
-            kept = [s for s in current.segments if s not in small]
-            for s in small:
-                wanted.update(pid for row, pid in enumerate(s.ids) if row not in s.deleted)
-        for segment in kept:
-            segment.deleted.update(row for row, pid in enumerate(segment.ids) if pid in changed)
-        papers: dict[str, list[Hit]] = {}
-        listed = sorted(wanted)
-        for start in range(0, len(listed), 1000):
-            papers.update(self.store.paper_chunks(listed[start : start + 1000]))
-        fresh = sorted(papers)
-        segments = [
-            *kept,
-            *(
-                self._segment({p: papers[p] for p in fresh[i : i + SEGMENT_PAPERS]}, self.path)
-                for i in range(0, len(fresh), SEGMENT_PAPERS)
-            ),
-        ]
-        self._publish(self.path, Lexicon(segments), after, whole=False)
-        for s in current.segments:
-            if s not in kept:
-                shutil.rmtree(self.path / s.name, ignore_errors=True)
-        merged = (
-            f", {len(small)} small segments merged into it" if kept is not current.segments else ""
-        )
-        return f"a segment of {len(papers)} papers added{merged}"
-
     def scores(self, query: str) -> tuple[list[str], np.ndarray]:
         """Every paper's BM25 score for `query`: (paper ids, scores in the same order)."""
         lexicon = self.current()
@@ -370,3 +256,94 @@ class LexicalIndex:
             return 0.0  # an empty collection: nothing to match
         terms = set(tokenize(query)) - _question_terms()
         return sum(lexicon.idf(lexicon.doc_freq(t), lexicon.papers) for t in terms)
+
+
+class SegmentWriter:
+    """The BM25 index of what an ingest writes, built from the texts as they are written
+    (nothing is read back from the store): a segment is saved every `SEGMENT_PAPERS` papers,
+    unlisted until `finish` adds the new segments to the index saved before the ingest, the
+    older rows of the papers they hold tombstoned."""
+
+    def __init__(self, index: LexicalIndex) -> None:
+        self.index = index
+        self.draft = Draft()
+        self.segments: list[Segment] = []
+        self.again: set[str] = set()  # papers written a second time in this run
+
+    def add(self, paper_id: str, title: str, texts: list[str], first: bool) -> None:
+        """A paper written with new text (`first`: the first time this run reads it)."""
+        if not first and paper_id not in self.draft.rows:
+            self.again.add(paper_id)
+        self.draft.add(paper_id, paper_terms(title, texts))
+        if len(self.draft) >= SEGMENT_PAPERS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if len(self.draft):
+            self.index.path.mkdir(parents=True, exist_ok=True)
+            segment = self.index._save(self.draft, self.index.path)
+            # Kept in memory only when it could not be saved; otherwise loaded when searched.
+            kept = segment if not segment.name else Segment(segment.name, segment.ids, None)
+            self.segments.append(kept)
+            self.draft = Draft()
+
+    def discard(self) -> None:
+        """An ingest that failed: its unlisted segments are removed."""
+        for segment in self.segments:
+            if segment.name:
+                shutil.rmtree(self.index.path / segment.name, ignore_errors=True)
+        self.segments, self.draft = [], Draft()
+
+    def finish(self, before: tuple[int, int] | None, after: tuple[int, int]) -> str:
+        """The ingest took the store from stamp `before` (None: it was empty) to `after`:
+        list the new segments beside the index saved at `before`, or build the index whole
+        from the store when there is none at `before` or a quarter of its rows would be dead.
+        Says what was done."""
+        try:
+            self.index.path.mkdir(parents=True, exist_ok=True)
+            self._flush()
+        except OSError as exc:
+            log.info("BM25 segment not saved (%s)", exc)
+        index, new = self.index, self.segments
+        current = Lexicon([]) if before is None else index._load(before)
+        if current is None or any(not s.name for s in new):
+            self.discard()
+            index._build(after)
+            return "built whole"
+        written = {pid for segment in new for pid in segment.ids}
+        for segment in current.segments:
+            segment.deleted.update(row for row, pid in enumerate(segment.ids) if pid in written)
+        latest: set[str] = set()  # a paper written twice in this run: its last row lives
+        for segment in reversed(new):
+            for row, pid in enumerate(segment.ids):
+                if pid not in self.again:
+                    continue
+                if pid in latest:
+                    segment.deleted.add(row)
+                latest.add(pid)
+        everything = [*current.segments, *new]
+        rows = sum(len(s.ids) for s in everything)
+        if sum(len(s.deleted) for s in everything) > rows // 4 and current.segments:
+            self.discard()
+            index._build(after)  # a quarter of the rows are dead
+            return "built whole"
+        small = [s for s in everything if len(s.ids) < SEGMENT_PAPERS // 10]
+        kept = everything
+        if len(small) >= SMALL_SEGMENTS:  # merged into one, read back from the store
+            kept = [s for s in everything if s not in small]
+            live = sorted({p for s in small for row, p in enumerate(s.ids) if row not in s.deleted})
+            papers: dict[str, list[Hit]] = {}
+            for start in range(0, len(live), 1000):
+                papers.update(index.store.paper_chunks(live[start : start + 1000]))
+            kept.append(index._segment(papers, index.path))
+        index._publish(index.path, Lexicon(kept), after, whole=False)
+        listed = {s.name for s in kept}
+        for folder in index.path.glob("seg-*"):  # merged, or left by an interrupted ingest
+            if folder.name not in listed:
+                shutil.rmtree(folder, ignore_errors=True)
+        if not new:
+            return "kept (no paper's text changed)"
+        added = sum(len(s.ids) - len(s.deleted) for s in new)
+        what = "a segment" if len(new) == 1 else f"{len(new)} segments"
+        merged = f", {len(small)} small segments merged" if kept is not everything else ""
+        return f"{what} of {added} papers added{merged}"

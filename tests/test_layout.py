@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"rag.embed"},
     {"rag.table"},
     {"rag.chroma"},
-    {"rag.store"},
+    {"rag.store", "rag.segments"},
     {"rag.lexical", "rag.chunking", "rag.lease", "rag.facts"},
     {"rag.ingest", "rag.retrieve"},
     {"rag.support"},

@@ -42,15 +42,22 @@ def settings(tmp_path) -> Settings:
     return Settings(index_dir=tmp_path / "index")
 
 
+def never(*args: object, **kwargs: object) -> None:
+    pytest.fail("the ingest read the store back for BM25")
+
+
 def test_an_ingest_adds_what_it_changed_as_a_segment_and_scores_match_a_whole_build(
-    settings: Settings,
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     embedder = HashEmbedder()
+    for reading in ("chunk_pages", "paper_chunks", "all_chunks"):
+        monkeypatch.setattr(Store, reading, never)  # built from the texts as they are written
     first = ingest_papers(synthetic(300, 1, "Old"), settings, embedder)
-    assert first.bm25 == "built whole"
+    assert first.bm25 == "a segment of 300 papers added"
     changed = make_paper("Old paper 7", "A glacier surge paper, rewritten: glacier glacier.")
     report = ingest_papers([changed, *synthetic(20, 2, "New")], settings, embedder)
     assert report.bm25 == "a segment of 21 papers added"
+    monkeypatch.undo()
     segments = record(settings)["segments"]
     assert [len(s["paper_ids"]) for s in segments] == [300, 21]
     assert len(segments[0]["deleted"]) == 1  # the old text of the changed paper
@@ -74,6 +81,72 @@ def test_an_ingest_adds_what_it_changed_as_a_segment_and_scores_match_a_whole_bu
     ids, scores = segmented.scores("glacier surge rewritten")
     assert ids[int(np.argmax(scores))] == changed.paper_id
     assert sum(1 for pid in ids if pid == changed.paper_id) == 2  # old row kept, scored 0
+
+
+def test_a_large_ingest_saves_a_segment_at_a_time_and_a_paper_written_twice_lives_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lexical, "SEGMENT_PAPERS", 100)
+    monkeypatch.setattr(lexical, "SMALL_SEGMENTS", 99)
+    embedder = HashEmbedder()
+    papers = synthetic(300, 1, "Big")
+    rewritten = make_paper("Big paper 7", "Volcano magma, rewritten late in the same file.")
+    report = ingest_papers([*papers, rewritten], settings, embedder)  # in another batch
+    assert report.bm25 == "4 segments of 300 papers added"
+    segments = record(settings)["segments"]
+    assert [len(s["paper_ids"]) for s in segments] == [100, 100, 100, 1]
+    dead = [s["paper_ids"][row] for s in segments for row in s["deleted"]]
+    assert dead == [rewritten.paper_id] != segments[-1]["paper_ids"]  # its first text
+    store = Store(settings, embedder.name)
+    segmented, whole = LexicalIndex(store), LexicalIndex(store)
+    assert segmented.current().papers == 300
+    whole._build(store.stamp())
+    for term in ("volcano", "rewritten", "glacier"):
+        assert segmented.current().doc_freq(term) == whole.current().doc_freq(term), term
+    ids, scores = segmented.scores("volcano magma rewritten")
+    assert ids[int(np.argmax(scores))] == rewritten.paper_id
+
+
+def test_an_interrupted_ingest_leaves_no_segment_behind(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lexical, "SEGMENT_PAPERS", 50)
+    embedder = HashEmbedder()
+    ingest_papers(synthetic(30, 1, "Base"), settings, embedder)
+    folder = settings.index_dir / "bm25" / settings.collection
+    before = sorted(p.name for p in folder.iterdir())
+
+    def papers():
+        yield from synthetic(300, 2, "More")  # a batch of 256 written (5 segments saved)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest_papers(papers(), settings, embedder)
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_segments_score_as_bm25s_itself_indexes() -> None:
+    from rag.segments import Draft, bm25s_module
+
+    rng = random.Random(5)
+    docs = [rng.choices(WORDS, k=rng.randint(0, 30)) for _ in range(200)]
+    draft = Draft()
+    for i, doc in enumerate(docs):
+        draft.add(f"p{i}", doc)
+    ours = draft.model()
+    theirs = bm25s_module().BM25()
+    theirs.index(docs, show_progress=False)
+    for word in WORDS:
+        ours_at, theirs_at = ours.vocab_dict.get(word), theirs.vocab_dict.get(word)
+        assert (ours_at is None) == (theirs_at is None), word
+        if ours_at is None:
+            continue
+        a = np.zeros(200, dtype=np.float32)
+        b = np.zeros(200, dtype=np.float32)
+        for model, at, out in ((ours, ours_at, a), (theirs, theirs_at, b)):
+            s, e = model.scores["indptr"][at], model.scores["indptr"][at + 1]
+            out[model.scores["indices"][s:e]] = model.scores["data"][s:e]
+        np.testing.assert_allclose(a, b, rtol=1e-5, err_msg=word)
 
 
 def test_small_segments_are_merged(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,11 +233,19 @@ def test_ingests_keep_what_the_filters_can_use_so_the_ui_never_scans(
             found.categories = ("physics.ao-ph",)
         return found
 
-    ingest_papers(
-        [paper("A", "may8.txt", None, "May 8"), paper("B", "may8.txt", None, "May 8")],
-        settings,
-        embedder,
-    )
+    from rag.store import Collection
+
+    with monkeypatch.context() as patch:  # into an empty index: nothing is read back
+        patch.setattr(Collection, "_pages", lambda *a, **k: pytest.fail("paged the store"))
+        first = ingest_papers(
+            [paper("A", "may8.txt", None, "May 8"), paper("B", "may8.txt", None, "May 8")],
+            settings,
+            embedder,
+        )
+    assert first.papers_total == 2
+    store = Store(settings, embedder.name)
+    scanned = CollectionFacts.of(c.metadata for c in store.all_chunks())
+    assert CollectionFacts.from_json(store.facts()).to_json() == scanned.to_json()
     ingest_papers(
         [paper("C", "mine.jsonl", "2024-06-01"), paper("A", "may9.txt", None, "May 9")],
         settings,
