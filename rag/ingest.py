@@ -302,7 +302,7 @@ def ingest_papers(
     report = report or IngestReport()
     budget = min(embedder.max_tokens, settings.chunk_tokens)
     chunker = Chunker(embedder.count_tokens, budget, settings.chunk_overlap)
-    with ingest_lock(settings.index_dir), writer_lease(store):
+    with ingest_lock(settings.index_dir), writer_lease(store) as lease:
         before = None
         if store.exists():
             store.open()  # the recorded model is checked before anything is read
@@ -313,6 +313,8 @@ def ingest_papers(
         try:
             with tqdm(desc="embedding", unit="chunk", disable=not progress, leave=False) as bar:
                 for batch in _batched(papers, PAPER_BATCH):
+                    if lease is not None:
+                        lease.check()
                     store.create()  # on the first batch: reading nothing creates no index
                     step = _Batch(store, chunker, embedder, settings, report, bar)
                     written = step.write(batch)

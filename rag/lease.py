@@ -37,6 +37,7 @@ class Lease:
         self.location = collection.location  # for `guarded` messages
         self.key = f"ingest:{collection.settings.collection}"
         self.owner = f"{socket.gethostname()} pid {os.getpid()} ({uuid.uuid4().hex[:8]})"
+        self.lost = ""  # who holds the lease now, once a renewal found it taken over
 
     def _locks(self) -> Any:
         return self.collection.client.get_or_create_collection(LOCKS, embedding_function=None)
@@ -76,18 +77,43 @@ class Lease:
         holder = self._holder(locks)
         if holder is not None and holder["owner"] == self.owner:
             locks.update(ids=[self.key], metadatas=[{"owner": self.owner, "renewed": time.time()}])
+        else:  # not renewed in time (a paused machine), and taken over by another writer
+            self.lost = holder["owner"] if holder else "another writer"
+
+    def check(self) -> None:
+        """Stop the ingest once its lease is another writer's: two writers would interleave."""
+        if self.lost:
+            raise RagError(
+                f"ingest stopped: it did not renew its lease on the collection "
+                f"{self.collection.settings.collection!r} within {LEASE_S:.0f} s and another "
+                f"ingest ({self.lost}) took it over; what was written is kept: run the ingest "
+                "again once that one ends"
+            )
 
     @guarded_write
     def release(self) -> None:
         self._locks().delete(ids=[self.key], where={"owner": self.owner})
 
 
-@contextlib.contextmanager
-def writer_lease(collection: Collection) -> Iterator[None]:
-    """Hold the lease while the block runs (nothing to do for an embedded store: its file
-    lock is enough)."""
+def writing_elsewhere(collection: Collection) -> bool:
+    """Whether an ingest on any machine holds a live lease on `collection` (for readers: the
+    store they see is half-written). Always False for an embedded store (its file lock says)."""
     if collection.embedded:
-        yield
+        return False
+    try:
+        locks = collection.client.get_collection(LOCKS, embedding_function=None)
+        holder = Lease(collection)._holder(locks)
+    except Exception:  # no lease was ever taken, or the server is down: nothing known
+        return False
+    return holder is not None and time.time() - float(holder["renewed"]) <= LEASE_S
+
+
+@contextlib.contextmanager
+def writer_lease(collection: Collection) -> Iterator[Lease | None]:
+    """Hold the lease while the block runs, which is given it (None for an embedded store:
+    its file lock is enough)."""
+    if collection.embedded:
+        yield None
         return
     lease = Lease(collection)
     lease.acquire()
@@ -101,7 +127,7 @@ def writer_lease(collection: Collection) -> Iterator[None]:
     thread = threading.Thread(target=renewing, daemon=True)
     thread.start()
     try:
-        yield
+        yield lease
     finally:
         stop.set()
         thread.join()

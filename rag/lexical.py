@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rag.lease import writing_elsewhere
 from rag.segments import Draft, Lexicon, Segment, bm25s_module
 
 if TYPE_CHECKING:
@@ -124,7 +125,10 @@ class LexicalIndex:
             return self._lexicon
 
     def _ingesting(self) -> bool:
-        """Whether an ingest holds this index's lock (here or in another process)."""
+        """Whether an ingest holds this index's lock (here or in another process), or the
+        lease of its collection in a shared Chroma server (on another machine)."""
+        if writing_elsewhere(self.store):
+            return True
         try:
             with (self.store.settings.index_dir / LOCK_NAME).open("a") as handle:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -211,3 +211,75 @@ def test_machines_sharing_a_chroma_server_ingest_one_at_a_time(
     monkeypatch.setattr(lease, "LEASE_S", 0.0)
     time.sleep(0.05)
     assert api.ingest([page], machine("b"), embedder=embedder).papers_unchanged == 3
+
+
+def test_an_ingest_whose_lease_was_taken_over_stops_and_keeps_what_it_wrote(
+    chroma_server: tuple[subprocess.Popen[bytes], int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A writer paused past the lease (a sleeping laptop) finds on waking that another took
+    the collection over: it stops at its next batch instead of writing beside the other."""
+    from rag import lease
+    from rag.errors import RagError
+    from rag.ingest import ingest_papers
+    from rag.settings import Settings
+    from rag.store import Collection, Store
+    from tests.helpers import HashEmbedder, make_paper
+
+    _, port = chroma_server
+
+    def machine(name: str) -> Settings:
+        return Settings(index_dir=tmp_path / name, chroma_host="127.0.0.1", chroma_port=port)
+
+    embedder = HashEmbedder()
+    monkeypatch.setattr(lease, "RENEW_S", 0.05)
+
+    def papers() -> Iterator:
+        for i in range(300):
+            if i == 256:  # the first batch is written; machine a stalls, b takes over
+                monkeypatch.setattr(lease, "LEASE_S", 0.0)
+                taker = lease.Lease(Collection(machine("b"), embedder.name))
+                for _ in range(100):  # a renewal may land between b's look and its take
+                    try:
+                        taker.acquire()
+                        break
+                    except RagError:
+                        time.sleep(0.01)
+                time.sleep(0.5)  # a's next renewal finds the lease taken
+            yield make_paper(f"Paper {i} on glaciers", f"Glacier number {i} is measured.")
+
+    with pytest.raises(RagError, match=r"^ingest stopped: .* another ingest \(.* pid \d+"):
+        ingest_papers(papers(), machine("a"), embedder)
+    assert Store(machine("a"), embedder.name).count() == 256  # the written batch is kept
+
+
+def test_a_search_keeps_its_bm25_while_another_machine_ingests(
+    chroma_server: tuple[subprocess.Popen[bytes], int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The local lock file cannot see an ingest on another machine: its lease in the server
+    tells a reader not to rebuild BM25 from a half-written collection."""
+    from rag import lease
+    from rag.ingest import ingest_papers
+    from rag.lexical import LexicalIndex
+    from rag.settings import Settings
+    from rag.store import Collection, Store
+    from tests.helpers import HashEmbedder, make_paper
+
+    _, port = chroma_server
+
+    def machine(name: str) -> Settings:
+        return Settings(index_dir=tmp_path / name, chroma_host="127.0.0.1", chroma_port=port)
+
+    embedder = HashEmbedder()
+    ingest_papers([make_paper("Glacier flow", "Glaciers flow.")], machine("a"), embedder)
+    reader = LexicalIndex(Store(machine("a"), embedder.name))
+    assert reader.current().papers == 1
+    with lease.writer_lease(Collection(machine("b"), embedder.name)):
+        Store(machine("b"), embedder.name).bump_generation()  # b's ingest has begun writing
+        monkeypatch.setattr(LexicalIndex, "_build", lambda *a, **k: pytest.fail("rebuilt"))
+        assert reader.current().papers == 1
+    monkeypatch.undo()
+    assert reader.current().papers == 1  # b is done: rebuilt from the collection
