@@ -4,7 +4,8 @@ The local ingest lock is a file: it keeps two ingests on one machine apart, not 
 writing to one server. Chroma has no locks, so the lease is a record in the server's
 `rag-locks` collection: added when absent and read back (the add that landed first owns it),
 renewed while the ingest runs, removed when it ends; a record not renewed for `LEASE_S` belongs
-to a writer that died and is taken over.
+to a writer that died and is taken over. Every time is the server's own clock (its heartbeat),
+so machines whose clocks disagree still agree on which lease is stale.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import contextlib
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,10 @@ class Lease:
     def _locks(self) -> Any:
         return self.collection.client.get_or_create_collection(LOCKS, embedding_function=None)
 
+    def now(self) -> float:
+        """The server's clock, in seconds."""
+        return self.collection.client.heartbeat() / 1e9
+
     def _holder(self, locks: Any) -> dict[str, Any] | None:
         found = locks.get(ids=[self.key], include=["metadatas"])
         return found["metadatas"][0] if found["ids"] else None
@@ -50,7 +54,7 @@ class Lease:
     def acquire(self) -> None:
         locks = self._locks()
         holder = self._holder(locks)
-        if holder is not None and time.time() - float(holder["renewed"]) > LEASE_S:
+        if holder is not None and self.now() - float(holder["renewed"]) > LEASE_S:
             # Its writer died. Only that very lease is removed (one renewed meanwhile stays).
             seen = {"$and": [{"owner": holder["owner"]}, {"renewed": holder["renewed"]}]}
             locks.delete(ids=[self.key], where=seen)
@@ -60,7 +64,7 @@ class Lease:
             locks.add(
                 ids=[self.key],
                 embeddings=[[1.0, 0.0]],
-                metadatas=[{"owner": self.owner, "renewed": time.time()}],
+                metadatas=[{"owner": self.owner, "renewed": self.now()}],
             )
             holder = self._holder(locks)
         if holder is None or holder["owner"] != self.owner:
@@ -76,7 +80,8 @@ class Lease:
         locks = self._locks()
         holder = self._holder(locks)
         if holder is not None and holder["owner"] == self.owner:
-            locks.update(ids=[self.key], metadatas=[{"owner": self.owner, "renewed": time.time()}])
+            renewed = {"owner": self.owner, "renewed": self.now()}
+            locks.update(ids=[self.key], metadatas=[renewed])
         else:  # not renewed in time (a paused machine), and taken over by another writer
             self.lost = holder["owner"] if holder else "another writer"
 
@@ -102,10 +107,11 @@ def writing_elsewhere(collection: Collection) -> bool:
         return False
     try:
         locks = collection.client.get_collection(LOCKS, embedding_function=None)
-        holder = Lease(collection)._holder(locks)
+        lease = Lease(collection)
+        holder = lease._holder(locks)
+        return holder is not None and lease.now() - float(holder["renewed"]) <= LEASE_S
     except Exception:  # no lease was ever taken, or the server is down: nothing known
         return False
-    return holder is not None and time.time() - float(holder["renewed"]) <= LEASE_S
 
 
 @contextlib.contextmanager

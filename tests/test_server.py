@@ -283,3 +283,31 @@ def test_a_search_keeps_its_bm25_while_another_machine_ingests(
         assert reader.current().papers == 1
     monkeypatch.undo()
     assert reader.current().papers == 1  # b is done: rebuilt from the collection
+
+
+def test_a_machine_whose_clock_runs_ahead_does_not_take_a_live_lease(
+    chroma_server: tuple[subprocess.Popen[bytes], int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Leases are timed by the server's clock: a machine 1,000 s ahead of the writer's does
+    not mistake a live lease for a dead writer's."""
+    from rag import api, lease
+    from rag.errors import RagError
+    from rag.settings import Settings
+    from rag.store import Collection
+    from tests.helpers import HashEmbedder
+
+    _, port = chroma_server
+    page = tmp_path / "page.txt"
+    page.write_text(FIRST_PAGE, encoding="utf-8")
+
+    def machine(name: str) -> Settings:
+        return Settings(index_dir=tmp_path / name, chroma_host="127.0.0.1", chroma_port=port)
+
+    embedder = HashEmbedder()
+    with lease.writer_lease(Collection(machine("a"), embedder.name)):
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 1000.0)  # b's clock runs ahead
+        with pytest.raises(RagError, match="index is busy"):
+            api.ingest([page], machine("b"), embedder=embedder)
