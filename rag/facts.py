@@ -28,21 +28,33 @@ class SeenPapers:
 
     def add(self, ids: Sequence[str]) -> list[bool]:
         """Record `ids` (distinct); whether each is read for the first time."""
-        keys = np.fromiter(
-            (int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest()) for i in ids),
-            dtype=np.uint64,
-            count=len(ids),
-        )
-        seen = np.zeros(len(keys), dtype=bool)
-        for run in self.runs:
-            at = np.minimum(np.searchsorted(run, keys), len(run) - 1)
-            seen |= run[at] == keys
+        keys = self._keys(ids)
+        seen = self._seen(keys)
         if not seen.all():
             self.runs.append(np.unique(keys[~seen]))
         while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
             last = self.runs.pop()
             self.runs.append(np.union1d(self.runs.pop(), last))
         return (~seen).tolist()
+
+    def has(self, ids: Sequence[str]) -> list[bool]:
+        """Whether each of `ids` was recorded."""
+        return self._seen(self._keys(ids)).tolist()
+
+    @staticmethod
+    def _keys(ids: Sequence[str]) -> np.ndarray:
+        return np.fromiter(
+            (int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest()) for i in ids),
+            dtype=np.uint64,
+            count=len(ids),
+        )
+
+    def _seen(self, keys: np.ndarray) -> np.ndarray:
+        seen = np.zeros(len(keys), dtype=bool)
+        for run in self.runs:
+            at = np.minimum(np.searchsorted(run, keys), len(run) - 1)
+            seen |= run[at] == keys
+        return seen
 
 
 @dataclass

@@ -53,8 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAPER_BATCH = 256  # papers compared with the index per round trip
-# Papers an ingest lists as changed, so that one read unchanged and later changed counts once.
-CHANGED_LISTED = 200_000
 # Far beyond any real abstract (the bundled corpus: at most 2,700 characters): such a record
 # is cut and reported, instead of becoming thousands of chunks and a prompt of megabytes.
 MAX_ABSTRACT_CHARS = 100_000
@@ -90,14 +88,16 @@ class IngestReport:
     bm25: str = ""
     """What the ingest did to the BM25 index ("a segment of 1000 papers added", "built whole")."""
 
-    def tally(self, written: dict[str, str], new: list[bool], changed: set[str] | None) -> None:
+    def tally(self, written: dict[str, str], new: list[bool], changed: SeenPapers) -> None:
         """Count one batch's statuses (`new`: whether this run reads each paper for the first
-        time). A paper read again counts once: by its first status, or by a later change when
-        it was first unchanged."""
-        for (pid, state), first in zip(written.items(), new, strict=True):
+        time; `changed`: the papers this run has changed so far). A paper read again counts
+        once: by its first status, or by a later change when it was first unchanged."""
+        before = changed.has([pid for pid, first in zip(written, new, strict=True) if not first])
+        again = iter(before)
+        for state, first in zip(written.values(), new, strict=True):
             if first:
                 self.papers_read += 1
-            elif state == "unchanged" or changed is None or pid in changed:
+            elif next(again) or state == "unchanged":
                 continue
             else:
                 self.papers_unchanged -= 1  # first read unchanged, now changed
@@ -107,6 +107,7 @@ class IngestReport:
                 self.papers_updated += 1
             else:
                 self.papers_unchanged += 1
+        changed.add([pid for pid, state in written.items() if state != "unchanged"])
 
 
 class Checkpoints:
@@ -308,7 +309,7 @@ def ingest_papers(
             store.open()  # the recorded model is checked before anything is read
             before = Store(settings, embedder.name).stamp()
         seen, run = SeenPapers(), RunFacts()
-        changed: set[str] | None = set()  # None: more than CHANGED_LISTED
+        changed = SeenPapers()  # papers this run added or updated
         lexical = SegmentWriter(LexicalIndex(Store(settings, embedder.name)))
         try:
             with tqdm(desc="embedding", unit="chunk", disable=not progress, leave=False) as bar:
@@ -324,9 +325,6 @@ def ingest_papers(
                     firsts = dict(zip(written, first, strict=True))
                     for pid, (title, texts) in step.texts().items():
                         lexical.add(pid, title, texts, firsts[pid])
-                    if changed is not None:
-                        changed.update(p for p, state in written.items() if state != "unchanged")
-                        changed = changed if len(changed) <= CHANGED_LISTED else None
                     if on_batch is not None:
                         on_batch()
                     if on_progress is not None:

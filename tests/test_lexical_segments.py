@@ -207,13 +207,28 @@ def test_papers_read_twice_count_once_in_a_few_bytes_each() -> None:
     assert sum(run.nbytes for run in seen.runs) <= 8 * 200_010
     assert len(seen.runs) <= 20  # merged as they grow
 
-    report = IngestReport()
-    changed: set[str] = set()
+    report, changed = IngestReport(), SeenPapers()
     report.tally({"x": "unchanged", "y": "added"}, [True, True], changed)
-    changed.add("y")
     report.tally({"x": "updated", "y": "unchanged"}, [False, False], changed)
     assert (report.papers_read, report.papers_added, report.papers_updated) == (2, 1, 1)
     assert report.papers_unchanged == 0
+    report.tally({"x": "updated"}, [False], changed)  # changed again: counted once
+    assert report.papers_updated == 1
+
+
+def test_counts_stay_exact_however_many_papers_an_ingest_changes() -> None:
+    report, changed = IngestReport(), SeenPapers()
+    report.tally({"late": "unchanged"}, [True], changed)
+    ids = [f"p{i}" for i in range(250_000)]  # beyond any list of changed papers kept
+    for start in range(0, len(ids), 256):
+        part = ids[start : start + 256]
+        report.tally(dict.fromkeys(part, "added"), [True] * len(part), changed)
+    report.tally({"late": "updated"}, [False], changed)  # read unchanged, changed later
+    assert (report.papers_added, report.papers_updated, report.papers_unchanged) == (
+        250_000,
+        1,
+        0,
+    )
 
 
 def test_ingests_keep_what_the_filters_can_use_so_the_ui_never_scans(
