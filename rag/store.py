@@ -307,8 +307,9 @@ class Store(Collection):
         indexes derived from it (BM25, the in-memory table) know when to rebuild. Reading it
         costs about 1.5 ms; inside `one_view()` the first reading serves the whole block."""
         pinned = getattr(self._local, "stamp", None)
-        if pinned is not None:
-            return pinned
+        return pinned if pinned is not None else self._stamp_now()
+
+    def _stamp_now(self) -> tuple[int, int]:
         col = self.client.get_collection(self.settings.collection, embedding_function=None)
         meta = col.metadata or {}
         return int(meta.get(GENERATION_KEY, 0)), self.count()
@@ -343,8 +344,13 @@ class Store(Collection):
                 return None
             with self._table_lock:
                 if self._table is None or self._table.stamp != stamp:
-                    got = self._get(None, ["embeddings", "documents", "metadatas"])
-                    self._table = ChunkTable.build(stamp, got)
+                    saved = self.settings.index_dir / "table" / self.settings.collection
+                    self._table = ChunkTable.load(saved, stamp)
+                    if self._table is None:
+                        got = self._get(None, ["embeddings", "documents", "metadatas"])
+                        self._table = ChunkTable.build(stamp, got)
+                        if self._stamp_now() == stamp:  # not changed while it was read
+                            self._table.save(saved)
                 return self._table
 
     @guarded

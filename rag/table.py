@@ -8,17 +8,24 @@ the ranking is the same in every process. `MaskCache` keeps which rows a filter 
 from __future__ import annotations
 
 import bisect
+import json
+import logging
+import shutil
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rag.filters import Filter
 
+log = logging.getLogger(__name__)
 MASKS_KEPT = 64  # filters whose masks are kept (a long-running server meets many)
+SAVED_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -83,12 +90,43 @@ class ChunkTable:
             if order
             else np.zeros((0, 0), dtype=np.float32)
         )
-        rows_of: dict[str, list[int]] = {}
-        for row, meta in enumerate(metas):
-            rows_of.setdefault(meta["paper_id"], []).append(row)
-        for rows in rows_of.values():
-            rows.sort(key=lambda r: metas[r]["chunk"])
-        return cls(stamp, ids, docs, metas, np.ascontiguousarray(matrix), rows_of)
+        return cls(stamp, ids, docs, metas, np.ascontiguousarray(matrix), _rows_of(metas))
+
+    def save(self, folder: Path) -> None:
+        """Kept in `folder` for the next process, which loads it several times faster than
+        Chroma returns every chunk (a fresh `rag search`'s largest cost); written to a new
+        directory renamed into place. An index that cannot be written keeps none."""
+        tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+        name = "matrix-{}-{}.npy".format(*self.stamp)  # rows and vectors of one state
+        try:
+            tmp.mkdir(parents=True)
+            np.save(tmp / name, self.matrix)
+            saved = {"format": SAVED_FORMAT, "stamp": list(self.stamp), "matrix": name}
+            rows = {"ids": self.ids, "docs": self.docs, "metas": self.metas}
+            (tmp / "rows.json").write_text(json.dumps({**saved, **rows}), encoding="utf-8")
+            old = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.old")
+            if folder.exists():
+                folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError as exc:
+            log.info("chunk table not saved (%s); each process reads it from the store", exc)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def load(cls, folder: Path, stamp: tuple[int, int]) -> ChunkTable | None:
+        """The table saved in `folder` when it is of the store state `stamp`, else None."""
+        try:
+            saved = json.loads((folder / "rows.json").read_text(encoding="utf-8"))
+            if saved.get("format") != SAVED_FORMAT or tuple(saved["stamp"]) != tuple(stamp):
+                return None
+            ids, docs, metas = saved["ids"], saved["docs"], saved["metas"]
+            matrix = np.load(folder / Path(saved["matrix"]).name, allow_pickle=False)
+            if not len(ids) == len(docs) == len(metas) == len(matrix):
+                return None
+            return cls(stamp, ids, docs, metas, matrix, _rows_of(metas))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None  # none saved, another state's, or damaged: read from the store
 
     def hit(self, row: int, score: float = 0.0) -> Hit:
         return Hit(self.ids[row], score, self.docs[row], self.metas[row])
@@ -122,3 +160,13 @@ class ChunkTable:
         top = np.argpartition(-sims, n - 1)[:n] if n < len(sims) else np.arange(len(sims))
         top = top[np.lexsort((top, -sims[top]))]
         return [self.hit(int(r), float(sims[r])) for r in top]
+
+
+def _rows_of(metas: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Paper id -> its rows, in chunk order."""
+    rows_of: dict[str, list[int]] = {}
+    for row, meta in enumerate(metas):
+        rows_of.setdefault(meta["paper_id"], []).append(row)
+    for rows in rows_of.values():
+        rows.sort(key=lambda r: metas[r]["chunk"])
+    return rows_of
