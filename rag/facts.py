@@ -60,28 +60,26 @@ class SeenPapers:
 @dataclass
 class RunFacts:
     """What one ingest read: each source's dates, the categories, papers added with a date,
-    and how many papers each source gave that were written (what an ingest into an empty
-    index saves without reading anything back)."""
+    and per source the papers written that list it for the first time (so each source's
+    count is kept without asking the store)."""
 
     sources: dict[str, set[str]] = field(default_factory=dict)
     categories: set[str] = field(default_factory=set)
     added_dated: int = 0
-    written: dict[str, int] = field(default_factory=dict)
-    pairs: SeenPapers = field(default_factory=lambda: SeenPapers())
+    gained: dict[str, int] = field(default_factory=dict)
 
-    def add(self, papers: dict[str, Paper], written: dict[str, str]) -> None:
-        pairs: dict[str, str] = {}
+    def add(
+        self, papers: dict[str, Paper], written: dict[str, str], gained: dict[str, int]
+    ) -> None:
         for pid, paper in papers.items():
             for listing in paper.listings:
                 dates = self.sources.setdefault(listing.source, set())
                 if listing.date:
                     dates.add(listing.date)
-                if written.get(pid) != "unchanged":
-                    pairs[f"{listing.source}\0{pid}"] = listing.source
             self.categories.update(paper.categories)
             self.added_dated += bool(paper.date) and written.get(pid) == "added"
-        for source, first in zip(pairs.values(), self.pairs.add(list(pairs)), strict=True):
-            self.written[source] = self.written.get(source, 0) + first
+        for source, count in gained.items():
+            self.gained[source] = self.gained.get(source, 0) + count
 
 
 def update_facts(
@@ -92,24 +90,21 @@ def update_facts(
     generation: int,
 ) -> None:
     """After an ingest (the store at `before` when it began, at `generation` now): the saved
-    facts with this run's sources recounted (the store is asked how many papers each holds),
-    its dates and categories added. They are gathered whole from each paper's first chunk
-    when there are none, or they are not those of the store the ingest began with (an ingest
-    interrupted since: what it wrote was never counted)."""
-    saved = store.facts()
-    if before is None:  # into an empty index: this run wrote every paper there is
-        facts = CollectionFacts(papers, run.added_dated, set(run.categories))
-        for name, dates in run.sources.items():
-            if run.written.get(name):
-                facts.sources[name] = SourceFacts(name, run.written[name], set(dates))
-    elif saved is None or saved.get("generation") != before[0]:
+    facts with this run's papers counted in (each source gains the papers newly listing it),
+    its dates and categories added; into an empty index (`before` None), this run's own. They
+    are gathered whole from each paper's first chunk when there are none, or they are not
+    those of the store the ingest began with (an ingest interrupted since: what it wrote was
+    never counted)."""
+    saved = None if before is None else store.facts()
+    if before is not None and (saved is None or saved.get("generation") != before[0]):
         facts = CollectionFacts.of(store.first_chunk_metadata())
     else:
-        facts = CollectionFacts.from_json(saved)
+        facts = CollectionFacts.from_json(saved) if saved else CollectionFacts()
         for name, dates in run.sources.items():
-            entry = facts.sources.setdefault(name, SourceFacts(name))
-            entry.papers = store.count_papers({"sources": {"$contains": name}})
-            entry.dates |= dates
+            if name in facts.sources or run.gained.get(name):
+                entry = facts.sources.setdefault(name, SourceFacts(name))
+                entry.papers += run.gained.get(name, 0)
+                entry.dates |= dates
         facts.categories |= run.categories
         facts.dated += run.added_dated
         facts.papers = papers

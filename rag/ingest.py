@@ -26,6 +26,7 @@ from rag.chroma import failure
 from rag.chunking import MAX_TITLE_TOKENS, Chunk, Chunker
 from rag.corpus import (
     Fields,
+    Listing,
     Paper,
     Problem,
     detect_format,
@@ -321,7 +322,7 @@ def ingest_papers(
                     written = step.write(batch)
                     first = seen.add(list(written))
                     report.tally(written, first, changed)
-                    run.add(batch, written)
+                    run.add(batch, written, step.gained)
                     firsts = dict(zip(written, first, strict=True))
                     for pid, (title, texts) in step.texts().items():
                         lexical.add(pid, title, texts, firsts[pid])
@@ -374,6 +375,8 @@ class _Batch:
     stale: list[str] = field(default_factory=list)
     relisted: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Chunk id -> its new metadata, for papers whose text is unchanged."""
+    gained: dict[str, int] = field(default_factory=dict)
+    """Source -> papers written that list it for the first time."""
 
     def write(self, batch: dict[str, Paper]) -> dict[str, str]:
         """Each paper's status (added, updated or unchanged), once the batch is written."""
@@ -431,6 +434,7 @@ class _Batch:
             for chunk in old:
                 meta = {k: v for k, v in chunk.items() if k != "id"}
                 self.relisted[chunk["id"]] = {**meta, **dropped, **fresh}
+            self._gained(merged, known_listings)
             return "updated"
         texts = self.chunker.split(merged)
         title = self.chunker.title(merged)
@@ -441,7 +445,14 @@ class _Batch:
         self.to_embed.extend(chunks)
         new_ids = {c.chunk_id for c in chunks}
         self.stale.extend(c["id"] for c in old if c["id"] not in new_ids)
+        self._gained(merged, known_listings)
         return "updated" if old else "added"
+
+    def _gained(self, merged: Paper, known: Sequence[Listing]) -> None:
+        """Count the sources a written paper lists now and did not before (listings only
+        accumulate): each source's paper count, kept without asking the store."""
+        for source in {x.source for x in merged.listings} - {x.source for x in known}:
+            self.gained[source] = self.gained.get(source, 0) + 1
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         """Document vectors, a step at a time so the progress bar moves (a remote encoder: one

@@ -255,11 +255,6 @@ class Collection:
         col = self.client.get_collection(self.settings.collection, embedding_function=None)
         col.modify(metadata={**(col.metadata or {}), FACTS_KEY: json.dumps(facts)})
 
-    @guarded
-    def count_papers(self, where: dict[str, Any]) -> int:
-        """Papers whose first chunk `where` selects (ids only are read)."""
-        return sum(len(page["ids"]) for page in self._pages([], {"$and": [{"chunk": 0}, where]}))
-
     def first_chunk_metadata(self) -> Iterator[dict[str, Any]]:
         """Each paper's first chunk's metadata, a page at a time."""
         for page in self._pages(["metadatas"], {"chunk": 0}):
