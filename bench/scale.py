@@ -8,6 +8,9 @@
   peak RSS of the process and peak Python heap (tracemalloc), for each N.
 
 Usage: python bench/scale.py [--chunks 200000] [--papers 10000 100000]
+
+The million-paper run (ingest, fresh and warm searches, `rag serve`, an incremental ingest,
+against an embedded store or a `chroma run` server) is `bench/million.py`.
 """
 
 from __future__ import annotations
