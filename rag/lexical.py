@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rag.lease import writing_elsewhere
-from rag.segments import Draft, Lexicon, Segment, bm25s_module
+from rag.segments import Draft, Lexicon, PaperIds, Segment, bm25s_module
 
 if TYPE_CHECKING:
     from rag.store import Store
@@ -242,7 +242,7 @@ class LexicalIndex:
             if whole:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def scores(self, query: str) -> tuple[list[str], np.ndarray]:
+    def scores(self, query: str) -> tuple[PaperIds, np.ndarray]:
         """Every paper's BM25 score for `query`: (paper ids, scores in the same order)."""
         lexicon = self.current()
         terms = tokenize(query)

@@ -330,3 +330,19 @@ def test_the_paper_count_comes_from_the_saved_facts_until_a_write_comes_after(
     store.bump_generation()  # a write the facts do not know of: counted again
     monkeypatch.setattr(Collection, "_pages", lambda *a, **k: iter([{"ids": ["x"] * 36}]))
     assert store.paper_count() == 36  # (what the paged read says)
+
+
+def test_top_rows_and_row_lookup_match_a_full_sort_and_a_dictionary() -> None:
+    """A query over a million papers neither sorts every score nor builds a dictionary of
+    them: the top rows and a paper's row come out as the full sort and the dictionary did."""
+    from rag.retrieve import best_rows
+    from rag.segments import PaperIds
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 10_000).astype(np.float32)  # many ties, many zeros
+    for k in (1, 10, 50, 20_000):
+        expected = [i for i in np.argsort(-scores, kind="stable")[:k] if scores[i] > 0]
+        assert best_rows(scores, k).tolist() == expected, k
+    assert best_rows(np.zeros(3, dtype=np.float32), 2).tolist() == []
+    ids = PaperIds(["a", "b", "a", "c"], np.array([False, True, True, True]))
+    assert ids.rows(["a", "c", "zz"]) == {"a": 2, "c": 3}  # the live row of a, not the dead
