@@ -4,6 +4,7 @@ loaded by every later process, rebuilt when the store changes.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -284,7 +285,8 @@ class SegmentWriter:
 
     def _flush(self) -> None:
         if len(self.draft):
-            self.index.path.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # unwritable: `_save` keeps it in memory
+                self.index.path.mkdir(parents=True, exist_ok=True)
             segment = self.index._save(self.draft, self.index.path)
             # Kept in memory only when it could not be saved; otherwise loaded when searched.
             kept = segment if not segment.name else Segment(segment.name, segment.ids, None)
@@ -303,11 +305,7 @@ class SegmentWriter:
         list the new segments beside the index saved at `before`, or build the index whole
         from the store when there is none at `before` or a quarter of its rows would be dead.
         Says what was done."""
-        try:
-            self.index.path.mkdir(parents=True, exist_ok=True)
-            self._flush()
-        except OSError as exc:
-            log.info("BM25 segment not saved (%s)", exc)
+        self._flush()
         index, new = self.index, self.segments
         current = Lexicon([]) if before is None else index._load(before)
         if current is None or any(not s.name for s in new):
