@@ -230,7 +230,7 @@ class Assistant:
         from rag.store import Store
 
         store = Store(self.settings, self.embedder.name)
-        return store.count() if store.exists() else 0
+        return store.stamp()[1] if store.exists() else 0
 
     def collection_facts(self) -> CollectionFacts:
         """What filters can use: the source files (readable names), categories, how many
@@ -262,7 +262,7 @@ class Assistant:
         limit = self.settings.ui_scan_max_chunks
         if max_chunks is not None:
             limit = min(limit, max_chunks)
-        if limit <= 0 or not store.exists() or store.count() > limit:
+        if limit <= 0 or not store.exists() or store.stamp()[1] > limit:
             return []
         return store.all_chunks()
 
@@ -273,7 +273,7 @@ def check_admits(store: Store, filters: Filter, known: set[tuple[Any, Filter]]) 
     (store state, filters) already found to admit some."""
     from rag.filters import Filter, nothing_admitted
 
-    if not store.exists() or store.count() == 0:
+    if not store.exists() or store.stamp()[1] == 0:
         return
     key = (store.stamp(), filters)
     if key in known:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rag.corpus import Paper, sentence_spans
-from rag.store import paper_metadata
+from rag.metadata import paper_metadata
 
 MAX_TITLE_TOKENS = 64  # of a title embedded with each chunk: a quarter of MiniLM's window
 

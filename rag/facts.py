@@ -87,14 +87,14 @@ def update_facts(
     run: RunFacts,
     papers: int,
     before: tuple[int, int] | None,
-    generation: int,
+    now: tuple[int, int],
 ) -> None:
-    """After an ingest (the store at `before` when it began, at `generation` now): the saved
+    """After an ingest (the store at `before` when it began, at `now` after it): the saved
     facts with this run's papers counted in (each source gains the papers newly listing it),
     its dates and categories added; into an empty index (`before` None), this run's own. They
     are gathered whole from each paper's first chunk when there are none, or they are not
     those of the store the ingest began with (an ingest interrupted since: what it wrote was
-    never counted)."""
+    never counted). Saved with the store's stamp, which readers then need not count."""
     saved = None if before is None else store.facts()
     if before is not None and (saved is None or saved.get("generation") != before[0]):
         facts = CollectionFacts.of(store.first_chunk_metadata())
@@ -108,4 +108,5 @@ def update_facts(
         facts.categories |= run.categories
         facts.dated += run.added_dated
         facts.papers = papers
-    store.save_facts({**facts.to_json(), "generation": generation})
+    # The chunk count too: counting a million chunks cold took Chroma seconds per process.
+    store.save_facts({**facts.to_json(), "generation": now[0], "chunks": now[1]})

@@ -37,14 +37,9 @@ from rag.errors import InputError, RagError
 from rag.facts import RunFacts, SeenPapers, update_facts
 from rag.lease import writer_lease
 from rag.lexical import LOCK_NAME, LexicalIndex, SegmentWriter
+from rag.metadata import PAPER_KEYS_OPTIONAL, listings_from_metadata, paper_metadata
 from rag.reading import FilePosition, expand_paths
-from rag.store import (
-    PAPER_KEYS_OPTIONAL,
-    Collection,
-    Store,
-    listings_from_metadata,
-    paper_metadata,
-)
+from rag.store import Collection, Store
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
@@ -340,12 +335,12 @@ def ingest_papers(
             report.papers_total = report.papers_added  # into an empty index: all are new
         else:
             report.papers_total = store.paper_count() if store.exists() else 0
+        reader = Store(settings, embedder.name)  # counts the chunks once, for both
         if store.written:
-            store.bump_generation()  # whatever was derived during the ingest is stale too
-            report.bm25 = lexical.finish(before, Store(settings, embedder.name).stamp())
+            store.bump_generation(writing=False)  # what was derived meanwhile is stale too
+            report.bm25 = lexical.finish(before, reader.stamp())
         if store.exists() and (store.written or store.facts() is None):
-            now = Store(settings, embedder.name).stamp()
-            update_facts(store, run, report.papers_total, before, now[0])
+            update_facts(store, run, report.papers_total, before, reader.stamp())
     return report
 
 

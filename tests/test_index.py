@@ -258,6 +258,68 @@ def test_the_exact_table_is_saved_and_a_fresh_process_loads_it_instead_of_the_st
     assert Store(settings, embedder.name).query(query, 5)  # read from the store again
 
 
+def test_papers_chunks_are_read_by_id_not_by_a_filter_and_stale_chunks_are_found(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `paper_id` filter over 600,000 chunks took Chroma 200 ms a read (several per search,
+    one per ingest batch); chunk ids are `PAPER#i`, a key lookup."""
+    from rag.store import CHUNKS_GUESSED
+
+    big = settings.model_copy(update={"exact_search_max": 0})  # reads go to Chroma
+    embedder = HashEmbedder()
+    long_paper = make_paper("Long One", SENTENCE * 60)  # more chunks than are guessed
+    ingest_papers([*papers(), long_paper], big, embedder)
+    store = Store(big, embedder.name)
+    col = store.open()
+    wheres: list[object] = []
+    get = type(col).get
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        wheres.append(kwargs.get("where"))
+        return get(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(col), "get", spy)
+    pid = long_paper.paper_id
+    chunks = store.paper_chunks([pid, "no such paper"])[pid]
+    assert len(chunks) > CHUNKS_GUESSED
+    assert [c.metadata["chunk"] for c in chunks] == list(range(chunks[0].metadata["n_chunks"]))
+    assert set(store.best_cosines([pid], embedder.embed(["x"])[0])) == {pid}
+
+    # An ingest that died after rewriting a paper's first chunks as a shorter version: the
+    # old chunks beyond them (which name their own, larger count) are still found.
+    stale = {**store.chunk_states([pid])[pid][0], "n_chunks": 2, "content_hash": "new"}
+    stale.pop("id")
+    col.upsert(ids=[f"{pid}#0"], embeddings=embedder.embed(["y"]), metadatas=[stale])
+    assert len(store.chunk_states([pid])[pid]) == len(chunks)
+    assert wheres and all(where is None for where in wheres)
+
+
+def test_the_chunk_count_is_read_once_per_generation_unless_an_ingest_is_writing(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting 600,000 chunks took Chroma 40 ms warm and 2 to 7 s cold, on every search: an
+    ingest saves the count it ends with, and a count of a generation no one writes is kept."""
+    from rag.store import Collection
+
+    embedder = HashEmbedder()
+    ingest_papers(papers(), settings, embedder)
+    counts: list[int] = []
+    count = Collection.count
+    monkeypatch.setattr(Collection, "count", lambda self: counts.append(1) or count(self))
+    store = Store(settings, embedder.name)
+    first = store.stamp()  # a fresh process: the count the ingest saved
+    assert store.stamp() == first and first[1] == count(store) and len(counts) == 0
+    writer = Collection(settings, embedder.name)
+    writer.bump_generation(writing=True)  # an ingest (here, or on another machine) began
+    store.stamp()
+    store.stamp()
+    assert len(counts) == 2  # counted each time while it writes
+    writer.bump_generation(writing=False)  # (and saved no count: one is taken, and kept)
+    store.stamp()
+    store.stamp()
+    assert len(counts) == 3
+
+
 def test_unchanged_reingest_keeps_the_store_generation(settings: Settings) -> None:
     embedder = HashEmbedder()
     ingest_papers(papers(), settings, embedder)

@@ -18,6 +18,7 @@ LAYERS: list[set[str]] = [
     {"rag.reading"},
     {"rag.corpus"},
     {"rag.filters"},
+    {"rag.metadata"},
     {
         "rag.encoders",
         "rag.encoders.bert",
