@@ -678,7 +678,14 @@ def test_trash_clear_stop_and_typing_while_waiting(
     disconnects = llm_server.disconnects
     llm_server.chunk_delay = 0.5
     try:
+        asked_before = len(llm_server.chat_requests())
         ask_in_page(page, "How does L-Mul replace floating point multiplication?")
+        # The question's own bubble says L-Mul at once: Stop once the answer is streaming
+        # (under load, retrieval can still be running when the bubble shows).
+        for _ in range(600):
+            if len(llm_server.chat_requests()) > asked_before:
+                break
+            page.wait_for_timeout(100)
         page.locator("#chat").get_by_text("L-Mul", exact=False).first.wait_for(timeout=60_000)
         page.locator("#question textarea").fill("typed while waiting")
         page.locator("#stop").click()
