@@ -131,7 +131,9 @@ class Collection:
                 )
             if self.embedded and CLIENTS.has_read(self.path):
                 # This process read the store before: another may have changed it since.
-                stamp = (int(meta.get(GENERATION_KEY, 0)), int(col.count()))
+                generation = int(meta.get(GENERATION_KEY, 0))
+                saved = None if meta.get(WRITING_KEY) else _saved_count(meta, generation)
+                stamp = (generation, saved if saved is not None else int(col.count()))
                 if CLIENTS.outdated(self.path, stamp, self._epoch):
                     CLIENTS.reopen(self.path, self._epoch)
                     return self.open()
