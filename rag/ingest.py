@@ -39,7 +39,7 @@ from rag.lease import writer_lease
 from rag.lexical import LOCK_NAME, LexicalIndex, SegmentWriter
 from rag.metadata import PAPER_KEYS_OPTIONAL, listings_from_metadata, paper_metadata
 from rag.reading import FilePosition, expand_paths
-from rag.store import Collection, Store
+from rag.store import Collection, Store, chunk_id
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
@@ -434,7 +434,7 @@ class _Batch:
         texts = self.chunker.split(merged)
         title = self.chunker.title(merged)
         chunks = [
-            Chunk(f"{paper.paper_id}#{i}", merged, i, len(texts), t, wanted, title)
+            Chunk(chunk_id(paper.paper_id, i), merged, i, len(texts), t, wanted, title)
             for i, t in enumerate(texts)
         ]
         self.to_embed.extend(chunks)

@@ -1,7 +1,8 @@
 """Queries -> ranked papers.
 
-Retrievers rank chunks; `to_papers` turns a chunk ranking into a paper ranking (one entry per
-paper, its best chunk as the snippet), which is what every caller sees.
+Retrievers rank papers (a dense one by its nearest chunk) from ids and scores alone; `paper_hits`
+then reads the texts and metadata of the papers kept, all at once, which is what every caller
+sees: in a large collection each text read is a random read in Chroma's SQLite file.
 """
 
 from __future__ import annotations
@@ -164,16 +165,31 @@ class StoreRetriever:
         return papers
 
 
-def to_papers(hits: Sequence[Hit], k: int) -> list[PaperHit]:
-    """Best-first chunk hits -> best-first papers, each paper once with its best chunk."""
-    papers: dict[str, PaperHit] = {}
-    for hit in hits:
-        pid = hit.metadata["paper_id"]
-        if pid not in papers:
-            papers[pid] = PaperHit.from_hit(hit)
-            if len(papers) == k:
-                break
-    return list(papers.values())
+def paper_hits(
+    store: Store,
+    ranking: Sequence[tuple[str, float]],
+    snippets: dict[str, str] | None = None,
+    query: str = "",
+) -> list[PaperHit]:
+    """Ranked (paper id, score) pairs -> papers with their whole texts, every paper's chunks
+    read at once. A paper's snippet is the chunk `snippets` names (the dense side's nearest),
+    else the chunk sharing most terms with `query`; papers deleted since are left out."""
+    chunks = store.paper_chunks([pid for pid, _ in ranking])
+    snippets = snippets or {}
+    wanted = set(tokenize(query))
+    papers = []
+    for pid, score in ranking:
+        parts = chunks.get(pid)
+        if not parts:
+            continue  # deleted since the stamp was read
+        best = next((c for c in parts if c.chunk_id == snippets.get(pid)), None) or max(
+            parts, key=lambda c: len(wanted & set(tokenize(c.text)))
+        )
+        paper = PaperHit.from_hit(Hit(best.chunk_id, score, best.text, best.metadata))
+        paper.relevance = None
+        paper.text = join_chunks([c.text for c in parts])
+        papers.append(paper)
+    return papers
 
 
 class DenseRetriever(StoreRetriever):
@@ -194,10 +210,26 @@ class DenseRetriever(StoreRetriever):
         with self.store.one_view():
             return self.search_vector(vector, k, self.filters)
 
+    def candidates(
+        self, vector: np.ndarray, k: int, filters: Filter | None = None
+    ) -> dict[str, Hit]:
+        """The `k` papers nearest to `vector`, best first, each with its nearest chunk's id and
+        cosine (no text: only the papers a search keeps are read)."""
+        best: dict[str, Hit] = {}
+        for hit in self.store.query(vector, k * CHUNKS_PER_PAPER, filters, content=False):
+            if best.setdefault(hit.metadata["paper_id"], hit) is hit and len(best) == k:
+                break
+        return best
+
     def search_vector(
         self, vector: np.ndarray, k: int, filters: Filter | None = None
     ) -> list[PaperHit]:
-        return to_papers(self.store.query(vector, k * CHUNKS_PER_PAPER, filters), k)
+        best = self.candidates(vector, k, filters)
+        ranking = [(pid, hit.score) for pid, hit in best.items()]
+        papers = paper_hits(self.store, ranking, {pid: h.chunk_id for pid, h in best.items()})
+        for paper in papers:
+            paper.relevance = paper.score
+        return papers
 
 
 class BM25Retriever(StoreRetriever):
@@ -233,24 +265,11 @@ class BM25Retriever(StoreRetriever):
         # Keyed on the id list too: during an ingest one stamp can go with two BM25 indexes.
         return self._masks.get((self.store.stamp(), id(ids), len(ids), filters), compute)
 
-    def hits(self, query: str, ranking: Sequence[tuple[str, float]]) -> list[PaperHit]:
-        """Ranked paper ids -> papers, each with the chunk sharing most query terms as snippet."""
-        chunks = self.store.paper_chunks([pid for pid, _ in ranking])
-        wanted = set(tokenize(query))
-        hits = []
-        for pid, score in ranking:
-            if pid not in chunks:
-                continue  # deleted since the stamp was read
-            best = max(chunks[pid], key=lambda c: len(wanted & set(tokenize(c.text))))
-            hit = PaperHit.from_hit(Hit(best.chunk_id, score, best.text, best.metadata))
-            hit.relevance = None  # a BM25 score is no similarity
-            hit.text = join_chunks([c.text for c in chunks[pid]])
-            hits.append(hit)
-        return hits
-
     def search(self, query: str, k: int) -> list[PaperHit]:
+        # Each with the chunk sharing most query terms as snippet; no relevance (a BM25 score
+        # is no similarity).
         with self.store.one_view():
-            return self.hits(query, self.rank(query, k, self.filters))
+            return paper_hits(self.store, self.rank(query, k, self.filters), query=query)
 
 
 class HybridRetriever(StoreRetriever):
@@ -287,46 +306,46 @@ class HybridRetriever(StoreRetriever):
 
     def _search(self, query: str, vector: np.ndarray, k: int) -> list[PaperHit]:
         depth = max(self.depth, k)
-        dense = {p.paper_id: p for p in self.dense.search_vector(vector, depth, self.filters)}
+        dense = self.dense.candidates(vector, depth, self.filters)
         ids, bm25 = self.bm25.scores(query, self.filters)
         lexical = {ids[i]: float(bm25[i]) for i in best_rows(bm25, depth)}
+        cosines: dict[str, dict[str, float]] = {}
         if self.fusion == "convex":
             # Each candidate's BM25 score (a dense one's too), not a dictionary of every paper.
             rows = ids.rows([pid for pid in dense if pid not in lexical]) if len(bm25) else {}
             scored = lexical | {pid: float(bm25[row]) for pid, row in rows.items()}
+            cosines = self.store.chunk_cosines([p for p in lexical if p not in dense], vector)
+            cosine = {pid: hit.score for pid, hit in dense.items()}
+            cosine |= {pid: max(chunks.values()) for pid, chunks in cosines.items()}
             top_bm25 = float(bm25.max()) if len(bm25) else 0.0
-            fused = self._convex(query, vector, dense, scored, lexical, top_bm25)
+            fused = self._convex(query, cosine, scored, top_bm25)
         else:
-            fused = self._rrf(dense, lexical)
+            fused = self._rrf(list(dense), list(lexical))
         best = sorted(fused, key=lambda pid: (-fused[pid], pid))[:k]
-        found = self.bm25.hits(query, [(pid, fused[pid]) for pid in best if pid not in dense])
-        vectors = self.store.vectors([p.chunk_id for p in found])
-        by_id = dense | {p.paper_id: p for p in found}
-        papers = [by_id[pid] for pid in best if pid in by_id]
+        lexical_only = [pid for pid in best if pid not in dense and pid not in cosines]
+        cosines |= self.store.chunk_cosines(lexical_only, vector)
+        snippets = {pid: dense[pid].chunk_id for pid in best if pid in dense}
+        papers = paper_hits(self.store, [(pid, fused[pid]) for pid in best], snippets, query)
         for paper in papers:
-            if paper.chunk_id in vectors:
-                paper.relevance = float(vectors[paper.chunk_id] @ vector)
-            paper.score = fused[paper.paper_id]
+            pid = paper.paper_id
+            if pid in dense:  # the snippet is its nearest chunk
+                paper.relevance = dense[pid].score
+            else:
+                paper.relevance = cosines.get(pid, {}).get(paper.chunk_id)
         return papers
 
     def _convex(
-        self,
-        query: str,
-        vector: np.ndarray,
-        dense: dict[str, PaperHit],
-        bm25: dict[str, float],
-        lexical: dict[str, float],
-        top_bm25: float,
+        self, query: str, cosine: dict[str, float], bm25: dict[str, float], top_bm25: float
     ) -> dict[str, float]:
-        cosine = {pid: p.score for pid, p in dense.items()}
-        cosine |= self.store.best_cosines([pid for pid in lexical if pid not in dense], vector)
+        """Each candidate's fused score from its best cosine and its BM25 score (`cosine` has
+        every candidate; `bm25` every one BM25 scored)."""
         top_cos = max([c for c in cosine.values() if c > 0], default=1.0)
         top_bm25 = top_bm25 or 1.0
         wd, wb = self.weights
         wb *= self.lexical_strength(query, top_bm25)
         return {
             pid: wd * max(cosine.get(pid, 0.0), 0.0) / top_cos + wb * bm25.get(pid, 0.0) / top_bm25
-            for pid in dense.keys() | lexical.keys()
+            for pid in cosine.keys() | bm25.keys()
         }
 
     def lexical_strength(self, query: str, top_bm25: float) -> float:
@@ -340,9 +359,9 @@ class HybridRetriever(StoreRetriever):
             return 1.0  # nothing but question words: BM25 is as good as it gets
         return min(1.0, top_bm25 / (weight * LEXICAL_FULL_MATCH))
 
-    def _rrf(self, dense: dict[str, PaperHit], lexical: dict[str, float]) -> dict[str, float]:
+    def _rrf(self, dense: list[str], lexical: list[str]) -> dict[str, float]:
         fused: dict[str, float] = {}
-        for weight, ranking in zip(self.weights, (list(dense), list(lexical)), strict=True):
+        for weight, ranking in zip(self.weights, (dense, lexical), strict=True):
             for rank, pid in enumerate(ranking, start=1):
                 fused[pid] = fused.get(pid, 0.0) + weight / (RRF_K + rank)
         return fused

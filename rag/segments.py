@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 K1, B = 1.5, 0.75  # bm25s's defaults (Lucene's BM25)
+DOC_FREQ_KEPT = 100_000  # terms whose document frequency a loaded index keeps
 
 
 def bm25s_module() -> Any:
@@ -149,14 +150,21 @@ class Lexicon:
             np.concatenate(alive) if alive else np.zeros(0, dtype=bool),
         )
         self.papers = len(self.ids) - sum(len(s.deleted) for s in segments)
+        self._doc_freq: dict[str, int] = {}
 
     def doc_freq(self, term: str) -> int:
-        """Live papers holding `term` (a tombstoned row is not counted)."""
-        return sum(
-            int(np.count_nonzero(s.alive[found[0]]))
-            for s in self.segments
-            if (found := s.column(term))
-        )
+        """Live papers holding `term` (a tombstoned row is not counted), kept once counted:
+        counting a common term over 350,000 papers takes about a millisecond."""
+        df = self._doc_freq.get(term)
+        if df is None:
+            if len(self._doc_freq) >= DOC_FREQ_KEPT:
+                self._doc_freq.clear()
+            df = self._doc_freq[term] = sum(
+                int(np.count_nonzero(s.alive[found[0]]))
+                for s in self.segments
+                if (found := s.column(term))
+            )
+        return df
 
     def idf(self, df: float, n: float) -> float:
         return math.log(1 + (n - df + 0.5) / (df + 0.5))

@@ -272,10 +272,12 @@ def test_papers_chunks_are_read_by_id_not_by_a_filter_and_stale_chunks_are_found
     store = Store(big, embedder.name)
     col = store.open()
     wheres: list[object] = []
+    includes: list[list[str]] = []
     get = type(col).get
 
     def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         wheres.append(kwargs.get("where"))
+        includes.append(list(kwargs.get("include") or []))
         return get(self, *args, **kwargs)
 
     monkeypatch.setattr(type(col), "get", spy)
@@ -283,7 +285,10 @@ def test_papers_chunks_are_read_by_id_not_by_a_filter_and_stale_chunks_are_found
     chunks = store.paper_chunks([pid, "no such paper"])[pid]
     assert len(chunks) > CHUNKS_GUESSED
     assert [c.metadata["chunk"] for c in chunks] == list(range(chunks[0].metadata["n_chunks"]))
-    assert set(store.best_cosines([pid], embedder.embed(["x"])[0])) == {pid}
+    includes.clear()
+    cosines = store.chunk_cosines([pid, "no such paper"], embedder.embed(["x"])[0])
+    assert list(cosines) == [pid] and set(cosines[pid]) == {c.chunk_id for c in chunks}
+    assert includes and all(include == ["embeddings"] for include in includes)  # vectors only
 
     # An ingest that died after rewriting a paper's first chunks as a shorter version: the
     # old chunks beyond them (which name their own, larger count) are still found.

@@ -139,3 +139,36 @@ def test_chunk_table_breaks_ties_by_chunk_id() -> None:
     assert [h.chunk_id for h in table.nearest(np.array([1.0, 0.0]), 3)] == ["a", "c", "d"]
     assert [h.chunk_id for h in table.nearest(np.array([1.0, 0.0]), 10)] == ["a", "c", "d", "b"]
     assert table.rows_of["b"] == [1]
+
+
+def test_a_large_collection_reads_the_texts_of_the_returned_papers_only(
+    corpus_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the exact table's size every text or metadata Chroma reads is a random read in
+    its SQLite file (a hybrid search over 590,000 chunks took 390 ms reading every
+    candidate's; 45 ms reading those of the papers returned): candidates are ranked from ids,
+    distances and vectors, and only the papers kept are read, all at once."""
+    from chromadb.api.models.Collection import Collection
+
+    from rag.store import paper_of
+
+    chroma = corpus_settings.model_copy(update={"exact_search_max": 0})
+    reads: list[tuple[set[str], list[str] | None]] = []
+    for name in ("get", "query"):
+        original = getattr(Collection, name)
+
+        def spy(self, *args, _original=original, **kwargs):  # type: ignore[no-untyped-def]
+            reads.append((set(kwargs.get("include") or []), kwargs.get("ids")))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Collection, name, spy)
+    for mode in ("dense", "bm25", "hybrid"):
+        exact = get_retriever(corpus_settings, mode=mode).search("Lion optimizer", 5)
+        reads.clear()
+        papers = get_retriever(chroma, mode=mode).search("Lion optimizer", 5)
+        assert [p.paper_id for p in papers][:3] == [p.paper_id for p in exact][:3], mode
+        assert all(p.text and p.title for p in papers), mode
+        assert all(p.relevance is not None for p in papers if mode != "bm25"), mode
+        returned = {p.paper_id for p in papers}
+        content = [ids for include, ids in reads if include & {"documents", "metadatas"}]
+        assert content and all(ids and {paper_of(i) for i in ids} <= returned for ids in content)
