@@ -14,8 +14,8 @@ import numpy as np
 from rag.filters import CollectionFacts, SourceFacts
 
 if TYPE_CHECKING:
+    from rag.collection import Collection
     from rag.corpus import Paper
-    from rag.store import Collection
 
 
 class SeenPapers:

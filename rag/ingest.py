@@ -24,6 +24,7 @@ import numpy as np
 
 from rag.chroma import failure
 from rag.chunking import MAX_TITLE_TOKENS, Chunk, Chunker
+from rag.collection import Collection, chunk_id
 from rag.corpus import (
     Fields,
     Listing,
@@ -39,7 +40,7 @@ from rag.lease import writer_lease
 from rag.lexical import LOCK_NAME, LexicalIndex, SegmentWriter
 from rag.metadata import PAPER_KEYS_OPTIONAL, listings_from_metadata, paper_metadata
 from rag.reading import FilePosition, expand_paths
-from rag.store import Collection, Store, chunk_id
+from rag.store import Store
 
 if TYPE_CHECKING:
     from rag.embed import Embedder

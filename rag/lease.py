@@ -22,7 +22,7 @@ from rag.chroma import guarded_write
 from rag.errors import RagError
 
 if TYPE_CHECKING:
-    from rag.store import Collection
+    from rag.collection import Collection
 
 LOCKS = "rag-locks"
 LEASE_S = 120.0  # a lease not renewed for this long is a dead writer's

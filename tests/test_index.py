@@ -29,7 +29,7 @@ def papers() -> list[Paper]:
 
 
 def snapshot(store: Store) -> dict[str, tuple[str, str]]:
-    got = store.open().get(include=["documents", "metadatas"])
+    got = store.get(["documents", "metadatas"])
     return {
         cid: (doc, meta["content_hash"])
         for cid, doc, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
@@ -233,7 +233,7 @@ def test_the_exact_table_is_saved_and_a_fresh_process_loads_it_instead_of_the_st
 ) -> None:
     """Reading every chunk back from Chroma was most of a fresh `rag search` (about 4 s at
     33,000 chunks): the first reader saves the table beside the store for the next."""
-    from rag.store import Collection
+    from rag.collection import Collection
 
     embedder = HashEmbedder()
     ingest_papers(papers(), settings, embedder)
@@ -263,7 +263,7 @@ def test_papers_chunks_are_read_by_id_not_by_a_filter_and_stale_chunks_are_found
 ) -> None:
     """A `paper_id` filter over 600,000 chunks took Chroma 200 ms a read (several per search,
     one per ingest batch); chunk ids are `PAPER#i`, a key lookup."""
-    from rag.store import CHUNKS_GUESSED
+    from rag.collection import CHUNKS_GUESSED
 
     big = settings.model_copy(update={"exact_search_max": 0})  # reads go to Chroma
     embedder = HashEmbedder()
@@ -304,7 +304,7 @@ def test_the_chunk_count_is_read_once_per_generation_unless_an_ingest_is_writing
 ) -> None:
     """Counting 600,000 chunks took Chroma 40 ms warm and 2 to 7 s cold, on every search: an
     ingest saves the count it ends with, and a count of a generation no one writes is kept."""
-    from rag.store import Collection
+    from rag.collection import Collection
 
     embedder = HashEmbedder()
     ingest_papers(papers(), settings, embedder)
@@ -341,7 +341,7 @@ def test_whole_collection_reads_go_page_by_page(
 ) -> None:
     """Chroma fails one unbounded read of more than ~32k records, so whole-collection reads
     (paper count, the in-memory table, the BM25 build) are paged; tested with tiny pages."""
-    import rag.store
+    import rag.collection
     from rag.retrieve import BM25Retriever
 
     settings = Settings(index_dir=tmp_path / "ix")
@@ -350,7 +350,7 @@ def test_whole_collection_reads_go_page_by_page(
         make_paper(f"Paper number {i}", f"Abstract {i} about topic{i} " * 3) for i in range(23)
     ]
     ingest_papers(papers, settings, embedder)
-    monkeypatch.setattr(rag.store, "GET_PAGE", 5)
+    monkeypatch.setattr(rag.collection, "GET_PAGE", 5)
     store = Store(settings, embedder.name)
     assert store.paper_count() == 23
     table = store.table()

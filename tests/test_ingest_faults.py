@@ -111,7 +111,7 @@ def snapshot(index_dir: Path) -> dict[str, tuple[str, dict[str, Any], list[float
     """Every chunk: document, metadata, vector (read fresh: other processes wrote it)."""
     CLIENTS.reset()  # no cached view of a store another process changed
     store = Store(Settings(index_dir=index_dir), EMBED_MODEL)
-    got = store.open().get(include=["documents", "metadatas", "embeddings"])
+    got = store.get(["documents", "metadatas", "embeddings"])
     rows = zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True)
     result = {cid: (doc, meta, np.asarray(vec).round(5).tolist()) for cid, doc, meta, vec in rows}
     assert len(result) == len(got["ids"]), "duplicate chunk ids"

@@ -248,7 +248,7 @@ def test_ingests_keep_what_the_filters_can_use_so_the_ui_never_scans(
             found.categories = ("physics.ao-ph",)
         return found
 
-    from rag.store import Collection
+    from rag.collection import Collection
 
     with monkeypatch.context() as patch:  # into an empty index: nothing is read back
         patch.setattr(Collection, "_pages", lambda *a, **k: pytest.fail("paged the store"))
@@ -316,7 +316,7 @@ def test_the_paper_count_comes_from_the_saved_facts_until_a_write_comes_after(
 ) -> None:
     """Counting papers pages through every first chunk (minutes at 250,000 papers): after an
     ingest the count it saved is used, and an ingest adds what it added to it."""
-    from rag.store import Collection
+    from rag.collection import Collection
 
     embedder = HashEmbedder()
     ingest_papers(synthetic(30, 1, "A"), settings, embedder)

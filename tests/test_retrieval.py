@@ -150,7 +150,7 @@ def test_a_large_collection_reads_the_texts_of_the_returned_papers_only(
     distances and vectors, and only the papers kept are read, all at once."""
     from chromadb.api.models.Collection import Collection
 
-    from rag.store import paper_of
+    from rag.collection import paper_of
 
     chroma = corpus_settings.model_copy(update={"exact_search_max": 0})
     reads: list[tuple[set[str], list[str] | None]] = []

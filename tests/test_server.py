@@ -90,6 +90,11 @@ def test_ingest_search_ask_and_reingest_against_a_chroma_server(
     assert "2 added" in done.stdout and "2 papers in the index" in done.stdout
     assert not (side / "chroma" / "chroma.sqlite3").exists()  # the vectors live on the server
     assert (tmp_path / "server-data" / "chroma.sqlite3").exists()
+    # Its texts too: every machine sharing the server reads them there (not from a file here).
+    import chromadb
+
+    texts = chromadb.HttpClient(host="127.0.0.1", port=port).get_collection("papers")
+    assert all(texts.get(include=["documents"])["documents"])
 
     found = run_rag("search", "quantum dot light emission in cavities", "--json", "-k", "2")
     assert found.returncode == 0, found.stderr
@@ -186,9 +191,9 @@ def test_machines_sharing_a_chroma_server_ingest_one_at_a_time(
     (each with its own local index directory, as on two machines) take turns through a lease
     kept in the server; a lease its writer stopped renewing is taken over."""
     from rag import api, lease
+    from rag.collection import Collection
     from rag.errors import RagError
     from rag.settings import Settings
-    from rag.store import Collection
     from tests.helpers import HashEmbedder
 
     _, port = chroma_server
@@ -221,10 +226,11 @@ def test_an_ingest_whose_lease_was_taken_over_stops_and_keeps_what_it_wrote(
     """A writer paused past the lease (a sleeping laptop) finds on waking that another took
     the collection over: it stops at its next batch instead of writing beside the other."""
     from rag import lease
+    from rag.collection import Collection
     from rag.errors import RagError
     from rag.ingest import ingest_papers
     from rag.settings import Settings
-    from rag.store import Collection, Store
+    from rag.store import Store
     from tests.helpers import HashEmbedder, make_paper
 
     _, port = chroma_server
@@ -262,10 +268,11 @@ def test_a_search_keeps_its_bm25_while_another_machine_ingests(
     """The local lock file cannot see an ingest on another machine: its lease in the server
     tells a reader not to rebuild BM25 from a half-written collection."""
     from rag import lease
+    from rag.collection import Collection
     from rag.ingest import ingest_papers
     from rag.lexical import LexicalIndex
     from rag.settings import Settings
-    from rag.store import Collection, Store
+    from rag.store import Store
     from tests.helpers import HashEmbedder, make_paper
 
     _, port = chroma_server
@@ -293,9 +300,9 @@ def test_a_machine_whose_clock_runs_ahead_does_not_take_a_live_lease(
     """Leases are timed by the server's clock: a machine 1,000 s ahead of the writer's does
     not mistake a live lease for a dead writer's."""
     from rag import api, lease
+    from rag.collection import Collection
     from rag.errors import RagError
     from rag.settings import Settings
-    from rag.store import Collection
     from tests.helpers import HashEmbedder
 
     _, port = chroma_server
