@@ -237,6 +237,11 @@ def failure(exc: BaseException, where: Path | str, doing: str = "reading the ind
             f"the disk is full (or failing): could not write to the index at {where}; what it "
             "held before is kept, and the next ingest completes it once there is room"
         )
+    if "database is locked" in lowered:
+        return RagError(
+            f"the index at {where} is busy: another process held it locked for over a minute "
+            "(a long ingest write); nothing was changed, try again"
+        )
     if errno == 30 or "readonly database" in lowered or "read-only file system" in lowered:
         return RagError(
             f"the index at {where} is read-only: cannot write to it (searching it works; "
@@ -285,7 +290,8 @@ def _read_only_copy(path: Path) -> Path:
     import tempfile
 
     copy = Path(tempfile.mkdtemp(prefix="rag-read-only-")) / "chroma"
-    shutil.copytree(path, copy)
+    # Not the chunk texts beside the collection: they are read from where they are.
+    shutil.copytree(path, copy, ignore=shutil.ignore_patterns("rag-texts-*"))
     atexit.register(shutil.rmtree, copy.parent, ignore_errors=True)
     log.info("%s is read-only: searching a private copy at %s", path, copy)
     return copy

@@ -4,6 +4,7 @@ paper, writing to it. Embedded collections keep their texts beside them (`rag.te
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -140,11 +141,25 @@ class OpenedCollection:
                 if CLIENTS.outdated(self.path, stamp, self._epoch):
                     CLIENTS.reopen(self.path, self._epoch)
                     return self.open()
-            if meta.get(TEXTS_KEY) == "beside" and self._texts is None:
-                self._texts = ChunkTexts(texts_path(self.path, name))
-                self._texts.check()
+            self._open_texts(meta.get(TEXTS_KEY) == "beside")
             self._collection = col
         return self._collection
+
+    def _open_texts(self, beside: bool) -> None:
+        """Find the texts file anew at each opening of the collection (the store may have
+        been moved aside and rebuilt meanwhile)."""
+        if self._texts is not None:
+            self._texts.close()
+            self._texts = None
+        if beside and not self.embedded:
+            raise RagError(
+                f"collection {self.settings.collection!r} in {self.location} was built as an "
+                "embedded index, whose chunk texts live in a file beside it, not in the "
+                "server: ingest into the server to build an index it can serve"
+            )
+        if beside:
+            self._texts = ChunkTexts(texts_path(self.path, self.settings.collection))
+            self._texts.check()
 
     @property
     def texts(self) -> ChunkTexts | None:
@@ -158,13 +173,15 @@ class Collection(OpenedCollection):
     or by paper, writing them."""
 
     def get(self, include: list[str], **kwargs: Any) -> dict[str, Any]:
-        """Chroma's `get`, the texts read from beside the collection when they are kept there."""
+        """Chroma's `get`, the texts read from beside the collection when they are kept there
+        (a record whose text is gone, deleted by an ingest since Chroma answered, is left
+        out)."""
         texts = self.texts if "documents" in include else None
         if texts is None:
             return self.open().get(include=include, **kwargs)
         got = self.open().get(include=[name for name in include if name != "documents"], **kwargs)
         got["documents"] = texts.get(got["ids"])
-        return got
+        return with_texts(got)
 
     @guarded
     def count(self) -> int:
@@ -218,21 +235,29 @@ class Collection(OpenedCollection):
         """Every chunk of these papers, looked up by chunk id (`PAPER#0`, `PAPER#1`, ... as
         `rag.ingest` names them: a key lookup, where a `paper_id` filter over 600,000 chunks
         took Chroma 200 ms): `CHUNKS_GUESSED` ids of each paper at a time, the next ones while
-        the last one asked exists. Chunks that an interrupted re-chunk left behind continue
-        the run of ids, so they are found too. No metadata is read unless `include` asks."""
+        the last one asked exists, and, when metadata is read, up to the `n_chunks` each chunk
+        found names (an ingest killed mid-paper can leave its chunks with gaps between them:
+        they name their version's count)."""
         got: dict[str, list[Any]] = {"ids": [], **{name: [] for name in include}}
-        start = dict.fromkeys(paper_ids, 0)
-        while start:
-            asked = [chunk_id(p, i) for p, s in start.items() for i in range(s, s + CHUNKS_GUESSED)]
+        asked = [chunk_id(pid, i) for pid in paper_ids for i in range(CHUNKS_GUESSED)]
+        seen = set(asked)
+        while asked:
             page = self.get(include, ids=asked)
             for name in got:
                 got[name].extend(page[name])
-            found = set(page["ids"])
-            start = {
-                p: s + CHUNKS_GUESSED
-                for p, s in start.items()
-                if chunk_id(p, s + CHUNKS_GUESSED - 1) in found
-            }
+            wanted = [
+                chunk_id(paper_of(cid), i)
+                for cid in page["ids"]
+                if (last := chunk_number(cid)) % CHUNKS_GUESSED == CHUNKS_GUESSED - 1
+                for i in range(last + 1, last + 1 + CHUNKS_GUESSED)
+            ]
+            wanted += [
+                chunk_id(meta["paper_id"], i)
+                for meta in (page["metadatas"] if "metadatas" in include else [])
+                for i in range(int(meta.get("n_chunks", 1)))
+            ]
+            asked = [cid for cid in dict.fromkeys(wanted) if cid not in seen]
+            seen.update(asked)
         return got
 
     @guarded
@@ -293,8 +318,16 @@ class Collection(OpenedCollection):
         if beside is None:
             self.open().upsert(ids=ids, embeddings=vectors, documents=texts, metadatas=metadatas)
             return
-        beside.put(ids, texts)  # first: a text without its vector is never read
-        self.open().upsert(ids=ids, embeddings=vectors, metadatas=metadatas)
+        # Texts first (a text whose vector is not written yet is never read); the ones they
+        # replace are put back if Chroma's write fails, so a failed write changes nothing.
+        before = beside.get(ids)
+        beside.put(ids, texts)
+        try:
+            self.open().upsert(ids=ids, embeddings=vectors, metadatas=metadatas)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                beside.restore(ids, before)
+            raise
 
     @guarded_write
     def update_metadata(self, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
@@ -317,6 +350,23 @@ def chunk_id(paper_id: str, i: int) -> str:
 def paper_of(chunk_id: str) -> str:
     """The paper a chunk id belongs to."""
     return chunk_id.rpartition("#")[0]
+
+
+def chunk_number(chunk_id: str) -> int:
+    """A chunk's place in its paper, from its id."""
+    return int(chunk_id.rpartition("#")[2])
+
+
+def with_texts(got: dict[str, Any]) -> dict[str, Any]:
+    """A read's records that have a text (`documents` None: deleted since Chroma answered)."""
+    keep = [i for i, text in enumerate(got["documents"]) if text is not None]
+    if len(keep) == len(got["ids"]):
+        return got
+    records = ("ids", "documents", "metadatas", "embeddings", "distances")
+    return {
+        name: [values[i] for i in keep] if name in records and values is not None else values
+        for name, values in got.items()
+    }
 
 
 def saved_count(meta: dict[str, Any], generation: int) -> int | None:

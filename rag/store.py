@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rag.chroma import CLIENTS, guarded
-from rag.collection import GENERATION_KEY, WRITING_KEY, Collection, hits_of, paper_of, saved_count
+from rag.collection import (
+    GENERATION_KEY,
+    WRITING_KEY,
+    Collection,
+    hits_of,
+    paper_of,
+    saved_count,
+    with_texts,
+)
 from rag.filters import Filter
 from rag.table import ChunkTable, Hit
 
@@ -163,7 +171,10 @@ class Store(Collection):
                 for cid, dist in zip(res["ids"][0], res["distances"][0], strict=True)
             ]
         found = {key: res[key][0] for key in ("ids", "metadatas", "distances")}
-        found["documents"] = beside.get(found["ids"]) if beside else res["documents"][0]
+        if beside is None:
+            found["documents"] = res["documents"][0]
+        else:  # a chunk whose text is gone was deleted by an ingest since Chroma answered
+            found = with_texts({**found, "documents": beside.get(found["ids"])})
         return [
             Hit(hit.chunk_id, 1.0 - float(dist), hit.text, hit.metadata)
             for hit, dist in zip(hits_of(found), found["distances"], strict=True)

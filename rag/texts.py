@@ -60,15 +60,25 @@ class ChunkTexts:
                 "INSERT OR REPLACE INTO texts VALUES (?, ?)", zip(ids, texts, strict=True)
             )
 
-    def get(self, ids: Sequence[str]) -> list[str]:
-        """The texts of these chunks, in the same order ("" for an id without one)."""
+    def get(self, ids: Sequence[str]) -> list[str | None]:
+        """The texts of these chunks, in the same order (None for an id without one)."""
         found: dict[str, str] = {}
         with self._connection() as db:
             for start in range(0, len(ids), IDS_PER_STATEMENT):
                 part = list(ids[start : start + IDS_PER_STATEMENT])
                 marks = ",".join("?" * len(part))
                 found.update(db.execute(f"SELECT id, text FROM texts WHERE id IN ({marks})", part))
-        return [found.get(cid, "") for cid in ids]
+        return [found.get(cid) for cid in ids]
+
+    def restore(self, ids: Sequence[str], texts: Sequence[str | None]) -> None:
+        """Put back what `get` returned for these ids (None: no text)."""
+        with self._connection() as db, db:
+            pairs = list(zip(ids, texts, strict=True))
+            db.executemany("DELETE FROM texts WHERE id = ?", ((c,) for c, t in pairs if t is None))
+            db.executemany(
+                "INSERT OR REPLACE INTO texts VALUES (?, ?)",
+                ((c, t) for c, t in pairs if t is not None),
+            )
 
     def delete(self, ids: Sequence[str]) -> None:
         with self._connection() as db, db:

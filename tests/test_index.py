@@ -296,6 +296,14 @@ def test_papers_chunks_are_read_by_id_not_by_a_filter_and_stale_chunks_are_found
     stale.pop("id")
     col.upsert(ids=[f"{pid}#0"], embeddings=embedder.embed(["y"]), metadatas=[stale])
     assert len(store.chunk_states([pid])[pid]) == len(chunks)
+
+    # An ingest killed mid-paper (chunks are written in batches sorted by length): a chunk far
+    # after a gap is found through the count its metadata names.
+    last = len(chunks) + 5  # the new version's last chunk, written with its first one
+    new = [{**stale, "chunk": i, "n_chunks": last + 1} for i in (0, last)]
+    vectors = embedder.embed(["y", "z"])
+    col.upsert(ids=[f"{pid}#0", f"{pid}#{last}"], embeddings=vectors, metadatas=new)
+    assert f"{pid}#{last}" in {c["id"] for c in store.chunk_states([pid])[pid]}
     assert wheres and all(where is None for where in wheres)
 
 

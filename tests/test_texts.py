@@ -102,8 +102,75 @@ def test_texts_come_back_in_the_order_asked_across_statements(tmp_path: Path) ->
     ids = [f"p{i}#0" for i in range(texts.IDS_PER_STATEMENT * 2 + 7)]
     beside.put(ids, [f"text {i}" for i in range(len(ids))])
     asked = [*reversed(ids), "nowhere#0"]
-    assert beside.get(asked) == [f"text {i}" for i in reversed(range(len(ids)))] + [""]
+    assert beside.get(asked) == [f"text {i}" for i in reversed(range(len(ids)))] + [None]
     beside.delete(ids[:3])
-    assert beside.get(ids[:4]) == ["", "", "", "text 3"]
+    assert beside.get(ids[:4]) == [None, None, None, "text 3"]
+    beside.restore(ids[:2], ["back", None])
+    assert beside.get(ids[:2]) == ["back", None]
     with pytest.raises(RagError, match=r"gone\.sqlite3 \(the chunk texts\) is missing"):
         ChunkTexts(tmp_path / "gone.sqlite3").check()
+
+
+def test_a_failed_chroma_write_puts_the_texts_back_and_a_vanished_text_hides_its_chunk(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Texts are written before Chroma's records: when Chroma's write fails (a full disk), the
+    texts it replaced are put back, so the failed write changes nothing; a chunk whose text
+    an ingest deleted while a search read it is left out, not shown empty."""
+    from chromadb.api.models.Collection import Collection as ChromaCollection
+
+    embedder = HashEmbedder()
+    ingest_papers([make_paper("Glacier Beds", LONG)], settings, embedder)
+    before = stored_texts(settings)
+
+    def full(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ChromaCollection, "upsert", full)
+    with pytest.raises(RagError, match="disk is full"):
+        ingest_papers([make_paper("Glacier Beds", "Glaciers slide. " * 30)], settings, embedder)
+    assert stored_texts(settings) == before
+    monkeypatch.undo()
+
+    store = Store(settings.model_copy(update={"exact_search_max": 0}), embedder.name)
+    pid = make_paper("Glacier Beds", LONG).paper_id
+    gone = f"{pid}#1"
+    ChunkTexts(texts_path(settings.index_dir / "chroma", settings.collection)).delete([gone])
+    chunks = store.paper_chunks([pid])[pid]
+    assert gone not in [c.chunk_id for c in chunks] and all(c.text for c in chunks)
+    vector = embedder.embed([before[gone]])[0]
+    assert gone not in [h.chunk_id for h in store.query(vector, 5)]
+
+
+def test_a_server_cannot_serve_an_index_built_embedded(tmp_path: Path) -> None:
+    """`chroma run --path INDEX/chroma` over an embedded index: its texts are in a file the
+    server's clients do not have; one line says so instead of "damaged" or empty texts."""
+    from tests.test_server import CHROMA, free_port, start_server
+
+    if not CHROMA.exists():
+        pytest.skip("the chroma command is not installed")
+    index = tmp_path / "index"
+    env = {"RAG_INDEX_DIR": str(index), "RAG_EMBED_MODEL": "hash:64"}
+    corpus = write_jsonl(tmp_path / "p.jsonl", [{"title": "Sea Ice", "abstract": "Ice thins."}])
+    assert run_rag("ingest", str(corpus), env=env).returncode == 0
+    port = free_port()
+    server = start_server(index / "chroma", port)
+    try:
+        remote = {**env, "RAG_INDEX_DIR": str(tmp_path / "elsewhere")}
+        remote |= {"RAG_CHROMA_HOST": "127.0.0.1", "RAG_CHROMA_PORT": str(port)}
+        found = run_rag("search", "sea ice", env=remote)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert found.returncode == 1 and "Traceback" not in found.stderr
+    (line,) = found.stderr.strip().splitlines()
+    assert "was built as an embedded index, whose chunk texts live in a file beside it" in line
+
+
+def test_a_lock_held_too_long_is_a_busy_index_not_a_damaged_one(tmp_path: Path) -> None:
+    import sqlite3
+
+    from rag.chroma import failure
+
+    message = str(failure(sqlite3.OperationalError("database is locked"), tmp_path))
+    assert message.startswith(f"the index at {tmp_path} is busy") and "damaged" not in message
