@@ -3,6 +3,7 @@ API through gradio_client (8 chats at once), LLM failures, the no-LLM banner and
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -652,6 +654,16 @@ def test_citation_chips_link_to_each_answers_own_sources(
     page.close()
 
 
+def wait_disconnect(page: Any, llm_server: FakeLLM, disconnects: int) -> None:
+    """The LLM server sees the client go, within 30 s (at once on a quiet machine; seconds
+    when the cores are busy with an ingest)."""
+    for _ in range(300):
+        if llm_server.disconnects > disconnects:
+            return
+        page.wait_for_timeout(100)
+    assert llm_server.disconnects > disconnects
+
+
 def test_trash_clear_stop_and_typing_while_waiting(
     served: tuple[str, subprocess.Popen[str], Path], browser: Any, llm_server: FakeLLM
 ) -> None:
@@ -689,8 +701,7 @@ def test_trash_clear_stop_and_typing_while_waiting(
         page.locator("#chat").get_by_text("L-Mul", exact=False).first.wait_for(timeout=60_000)
         page.locator("#question textarea").fill("typed while waiting")
         page.locator("#stop").click()
-        page.wait_for_timeout(2500)
-        assert llm_server.disconnects > disconnects
+        wait_disconnect(page, llm_server, disconnects)
         assert page.locator("#question textarea").input_value() == "typed while waiting"
         shown = page.locator("#chat").inner_text()
         page.wait_for_timeout(1500)
@@ -709,11 +720,74 @@ def test_trash_clear_stop_and_typing_while_waiting(
         )
         disconnects = llm_server.disconnects
         page.locator("#stop").click()
-        page.wait_for_timeout(2500)
-        assert llm_server.disconnects > disconnects
+        wait_disconnect(page, llm_server, disconnects)
         assert not page.locator("#follow-ups").get_by_text("How accurate is L-Mul").is_visible()
     finally:
         llm_server.chunk_delay = 0.0
+    page.close()
+
+
+def test_an_answer_being_searched_for_lets_a_stop_through_promptly() -> None:
+    """A search that emits nothing for seconds still yields every IDLE_S, so a Stop pressed
+    while it runs is seen at once, not when the search ends."""
+    from ui.background import IDLE, IDLE_S, in_background
+
+    release = threading.Event()
+    emitted: list[str] = []
+
+    def search(emit: Any) -> str:
+        release.wait(10)
+        emit("token")  # raises once the reader has gone
+        emitted.append("token")
+        return "answer"
+
+    items = in_background(search, idle=True)
+    start = time.monotonic()
+    assert next(items) is IDLE
+    assert time.monotonic() - start < IDLE_S + 1.0
+    items.close()  # what Gradio does when the page goes
+    release.set()
+    time.sleep(0.3)
+    assert emitted == []  # the stopped work emitted nothing more
+    assert list(in_background(lambda emit: (emit("a"), "done")[1])) == ["a", "done"]
+
+
+def test_stop_ends_the_answers_running_when_it_is_pressed_and_no_later_one() -> None:
+    from ui.background import Answering, in_background
+
+    tab = Answering()
+    with tab.running() as first:
+        tab.stop()
+        assert first.is_set() and first.reason == "stop"
+    with tab.running() as later:  # the next question, asked after Stop
+        assert not later.is_set()
+        items = in_background(lambda emit: (emit("a"), "done")[1], stop=later)
+        assert list(items) == ["a", "done"]
+    with tab.running() as cleared:
+        tab.stop("clear")
+        assert cleared.reason == "clear"
+        assert list(in_background(lambda emit: (emit("a"), "done")[1], stop=cleared)) == []
+    assert copy.deepcopy(tab) is tab  # Gradio copies a tab's state once: still one registry
+
+
+def test_stop_while_searching_says_stopped_and_the_next_question_is_answered(
+    served: tuple[str, subprocess.Popen[str], Path], browser: Any, llm_server: FakeLLM
+) -> None:
+    url, _, _ = served
+    page = open_page(browser, url)
+    llm_server.delay = 4.0  # the model takes 4 s to begin: the answer shows "Searching…"
+    try:
+        ask_in_page(page, "How does L-Mul replace floating point multiplication?")
+        page.locator("#chat").get_by_text("Searching the collection").wait_for(timeout=30_000)
+        page.locator("#stop").click()
+        page.locator("#chat").get_by_text("Stopped before the answer was written").wait_for(
+            timeout=30_000
+        )
+        assert not page.locator("#chat").get_by_text("Searching the collection").count()
+    finally:
+        llm_server.delay = 0.0
+    ask_in_page(page, "How does L-Mul replace floating point multiplication?")
+    wait_answers(page, 1)
     page.close()
 
 

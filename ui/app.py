@@ -22,7 +22,7 @@ from rag.api import Assistant
 from rag.conversation import Turn
 from rag.errors import RagError
 from rag.export import cited_bibtex, conversation_markdown
-from ui.background import in_background
+from ui.background import IDLE, Answering, Stop, in_background
 from ui.panels import checked_filters, filter_error, filters_panel, upload_panel, wire_filter_checks
 from ui.render import (
     as_text,
@@ -52,6 +52,7 @@ NO_LLM_BANNER = (
 EMPTY_SOURCES = "### Sources\nAsk a question: the papers behind the answer appear here."
 NO_ANSWER = "### Sources\n_No answer: see the message in the chat._"
 WORKING = "_Searching the collection and writing the answer…_"
+STOPPED = "_Stopped before the answer was written._"
 MODES = ("LLM", "Extractive")
 # On a phone the chat is shorter, so the question box is on the first screen (below the banner).
 # The footer's separator that follows nothing is hidden.
@@ -110,8 +111,9 @@ def build_app(
         since: str,
         categories: str,
         source_names: list[str],
+        stop: Stop,
     ) -> Iterator[dict[Any, Any]]:
-        """Each yield updates only the components it names."""
+        """Each yield updates only the components it names; `stop` is set by Stop or Clear."""
         chat = list(chat or [])
         if not (message or "").strip():
             yield {box: ""}
@@ -137,9 +139,13 @@ def build_app(
         }
         streamed = ""
         for item in in_background(
-            lambda emit: request.chat(message, turns, on_token=emit, filters=filters)
+            lambda emit: request.chat(message, turns, on_token=emit, filters=filters),
+            idle=True,
+            stop=stop,
         ):
-            if isinstance(item, str):
+            if item is IDLE:  # nothing new to show
+                yield {}
+            elif isinstance(item, str):
                 streamed += item
                 chat[-1] = {"role": "assistant", "content": streaming_text(streamed, int(k))}
                 yield {chatbot: chat}
@@ -166,16 +172,22 @@ def build_app(
                     **suggestions([]),
                 }
                 # Then the questions to ask next (an LLM call of its own when there is one).
-                # Stop, Clear or a new question end it too: each token passes through `emit`.
+                # Stop or Clear end it too: each token passes through `emit`.
                 for nexts in in_background(
-                    lambda emit: request.follow_ups(answer, lambda _: emit(None))  # noqa: B023
+                    lambda emit: request.follow_ups(answer, lambda _: emit(None)),  # noqa: B023
+                    idle=True,
+                    stop=stop,
                 ):
                     if isinstance(nexts, list):
                         # The files again: Gradio empties a download button that a later
                         # yield of the same event skips.
                         yield {**suggestions(nexts), save_md: md, save_bib: bib}
-                    else:  # a token: yielding nothing new lets a Stop end the event here
+                    else:  # a token or IDLE: nothing new to show
                         yield {}
+                return
+        if stop.reason == "stop" and not streamed:  # stopped while searching
+            chat[-1] = {"role": "assistant", "content": STOPPED}
+            yield {chatbot: chat, sources: EMPTY_SOURCES}
 
     def suggestions(questions: Sequence[str]) -> dict[Any, Any]:
         """The "Ask next" buttons showing `questions` (hidden when there are none)."""
@@ -240,6 +252,7 @@ def build_app(
         if not llm_ready:
             gr.Markdown(NO_LLM_BANNER, elem_id="no-llm-banner")
         turns_state = gr.State([])
+        live = gr.State(Answering)  # this tab's running answers, for Stop and Clear
         answers_state = gr.State([])  # this conversation's answers, for the downloads
         filters_ui = filters_panel(assistant.collection_facts())
         wire_filter_checks(filters_ui, assistant)
@@ -334,7 +347,7 @@ def build_app(
                     upload_panel(assistant, filters_ui, picker)
         filter_inputs = filters_ui.inputs
         inputs = [box, chatbot, turns_state, answers_state, k, mode, answer_mode, model]
-        inputs += filter_inputs
+        inputs += [*filter_inputs, live]
         outputs = [chatbot, sources, box, turns_state, answers_state, save_md, save_bib]
         outputs += [next_label, *next_buttons, filters_ui.error, filters_ui.accordion]
         for button in [*next_buttons, *example_buttons]:  # a question into the box
@@ -342,20 +355,23 @@ def build_app(
 
         def answer(*values: Any) -> Iterator[tuple[Any, ...]]:
             # Every output a yielded dict leaves out is skipped (unchanged).
-            for changes in respond(*values):
-                yield tuple(changes.get(output, gr.skip()) for output in outputs)
+            *asked, tab = values
+            with tab.running() as stop:
+                for changes in respond(*asked, stop):
+                    yield tuple(changes.get(output, gr.skip()) for output in outputs)
 
         # Enter while an answer is being written queues the question (the latest one).
-        asking = [
+        for trigger in (box.submit, send.click):
             trigger(answer, inputs, outputs, api_visibility="private", trigger_mode="always_last")
-            for trigger in (box.submit, send.click)
-        ]
-        stop.click(None, None, None, cancels=asking, api_visibility="private")
-        # Clear and the chat's own trash icon reset the same state, the pending answer too.
+        # Stop ends this tab's running answers (see Answering), not queued: at once.
+        stop.click(lambda tab: tab.stop(), live, None, queue=False, api_visibility="private")
+        # Clear and the chat's own trash icon reset the same state, the running answer too.
         reset = [chatbot, sources, turns_state, answers_state, save_md, save_bib]
         reset += [next_label, *next_buttons]
-        clear.click(fresh, None, reset, cancels=asking, api_visibility="private")
-        chatbot.clear(fresh, None, reset, cancels=asking, api_visibility="private")
+        for cleared in (clear.click, chatbot.clear):
+            cleared(
+                lambda tab: tab.stop("clear"), live, None, queue=False, api_visibility="private"
+            ).then(fresh, None, reset, api_visibility="private")
         topic_inputs = [topic, max_papers, answer_mode, *filter_inputs]
         topic_button.click(summarize_topic, topic_inputs, summary, api_visibility="private")
         topic.submit(summarize_topic, topic_inputs, summary, api_visibility="private")
