@@ -70,7 +70,7 @@ def in_background(work: Any, idle: bool = False, stop: Stop | None = None) -> It
     `emit` raises, which ends the LLM stream and closes its connection."""
     items: queue.Queue[Any] = queue.Queue()
     done = object()
-    stop = stop or Stop()
+    stop = stop if stop is not None else Stop()
 
     def emit(item: Any) -> None:
         if stop.is_set():
