@@ -320,8 +320,8 @@ def ingest_papers(
                     report.tally(written, first, changed)
                     run.add(batch, written, step.gained)
                     firsts = dict(zip(written, first, strict=True))
-                    for pid, (title, texts) in step.texts().items():
-                        lexical.add(pid, title, texts, firsts[pid])
+                    for pid, (title, texts, vectors) in step.texts().items():
+                        lexical.add(pid, title, texts, firsts[pid], vectors)
                     if on_batch is not None:
                         on_batch()
                     if on_progress is not None:
@@ -373,6 +373,8 @@ class _Batch:
     """Chunk id -> its new metadata, for papers whose text is unchanged."""
     gained: dict[str, int] = field(default_factory=dict)
     """Source -> papers written that list it for the first time."""
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    """Chunk id -> the vector written, for the BM25 segments (which keep them too)."""
 
     def write(self, batch: dict[str, Paper]) -> dict[str, str]:
         """Each paper's status (added, updated or unchanged), once the batch is written."""
@@ -385,6 +387,7 @@ class _Batch:
         for start in range(0, len(self.to_embed), WRITE_BATCH):
             part = self.to_embed[start : start + WRITE_BATCH]
             vectors = self._embed([c.embed_text for c in part])
+            self.vectors.update(zip([c.chunk_id for c in part], vectors, strict=True))
             # New chunks are written before stale ones go: a crash in between leaves a paper
             # whose chunks disagree on their hash, which the next ingest redoes.
             self.store.write(
@@ -399,15 +402,18 @@ class _Batch:
             self.report.chunks_deleted += len(self.stale)
         return status
 
-    def texts(self) -> dict[str, tuple[str, list[str]]]:
-        """The papers written with new text: (title, abstract chunks in order), for BM25."""
+    def texts(self) -> dict[str, tuple[str, list[str], np.ndarray]]:
+        """The papers written with new text: (title, abstract chunks in order, their vectors),
+        for the BM25 segments."""
         parts: dict[str, list[Chunk]] = {}
         for chunk in self.to_embed:
             parts.setdefault(chunk.paper.paper_id, []).append(chunk)
-        return {
-            pid: (group[0].paper.title, [c.text for c in sorted(group, key=lambda c: c.index)])
-            for pid, group in parts.items()
-        }
+        out = {}
+        for pid, group in parts.items():
+            group = sorted(group, key=lambda c: c.index)
+            vectors = np.stack([self.vectors[c.chunk_id] for c in group])
+            out[pid] = (group[0].paper.title, [c.text for c in group], vectors)
+        return out
 
     def _plan(self, paper: Paper, old: list[dict[str, Any]]) -> str:
         """What to do with one paper, given its stored chunks; its status."""

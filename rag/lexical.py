@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rag.filters import Filter
 from rag.lease import writing_elsewhere
-from rag.segments import Draft, Lexicon, PaperIds, Segment, bm25s_module
+from rag.nearest import DenseRows
+from rag.segments import DenseLexicon, Draft, Lexicon, PaperIds, Segment, bm25s_module
+from rag.table import MaskCache
 
 if TYPE_CHECKING:
     from rag.store import Store
@@ -103,6 +106,14 @@ class LexicalIndex:
         self._stamp: tuple[int, int] | None = None
         self._kept: tuple[int, int] | None = None  # a stamp seen mid-ingest, index kept
         self._lock = threading.Lock()
+        self._dense: DenseLexicon | None = None
+        self._masks = MaskCache()
+
+    @property
+    def keeps_vectors(self) -> bool:
+        """Whether segments keep their chunk vectors: an embedded store's do (its searches
+        then need no HNSW index); a Chroma server holds its own index warm."""
+        return self.store.embedded
 
     @property
     def path(self) -> Path:
@@ -124,6 +135,35 @@ class LexicalIndex:
             self._lexicon = loaded or self._build(stamp, publish=not ingesting)
             self._stamp, self._kept = stamp, None
             return self._lexicon
+
+    def dense(self, build: bool = True) -> DenseLexicon | None:
+        """The chunk vectors of the index as of the store's stamp, when its every segment keeps
+        them; None otherwise, and mid-ingest, when the index kept lags the store. Without
+        `build`, an index that would have to be rebuilt is not: None."""
+        stamp = self.store.stamp()
+        if not build and stamp != self._stamp:
+            with self._lock:
+                loaded = self._load(stamp)
+                if loaded is None:
+                    return None
+                self._lexicon, self._stamp, self._kept = loaded, stamp, None
+        lexicon = self.current()
+        with self._lock:
+            if self._stamp != stamp or self._lexicon is not lexicon:
+                return None
+            if self._dense is None or self._dense.lexicon is not lexicon:
+                self._dense = DenseLexicon.of(lexicon)
+            return self._dense
+
+    def admitted(self, filters: Filter, ids: list[str]) -> np.ndarray:
+        """Which of `ids` (the index's papers) `filters` admits, kept per store state."""
+
+        def compute() -> np.ndarray:
+            admitted = self.store.admitted_papers(filters)
+            return np.fromiter((pid in admitted for pid in ids), dtype=bool, count=len(ids))
+
+        # Keyed on the id list too: during an ingest one stamp can go with two BM25 indexes.
+        return self._masks.get((self.store.stamp(), id(ids), len(ids), filters), compute)
 
     def _ingesting(self) -> bool:
         """Whether an ingest holds this index's lock (here or in another process), or the
@@ -161,6 +201,7 @@ class LexicalIndex:
                         list(s["paper_ids"]),
                         bm25s.BM25.load(str(self.path / s["dir"]), mmap=True, show_progress=False),
                         set(s["deleted"]),
+                        DenseRows.load(self.path / s["dir"]),
                     )
                     for s in saved["segments"]
                 ]
@@ -177,21 +218,24 @@ class LexicalIndex:
         segments: list[Segment] = []
         pending: dict[str, list[Hit]] = {}
         ready: dict[str, list[Hit]] = {}
-        for page in self.store.chunk_pages():
-            for chunk in page:
+        vectors: dict[str, np.ndarray] | None = {} if self.keeps_vectors else None
+        for page, matrix in self.store.chunk_pages(vectors=vectors is not None):
+            for at, chunk in enumerate(page):
                 parts = pending.setdefault(chunk.metadata["paper_id"], [])
                 parts.append(chunk)
+                if vectors is not None and matrix is not None:
+                    vectors[chunk.chunk_id] = matrix[at]
                 if len(parts) >= int(chunk.metadata.get("n_chunks", 1)):
                     ready[chunk.metadata["paper_id"]] = pending.pop(chunk.metadata["paper_id"])
             if len(ready) >= SEGMENT_PAPERS:
-                segments.append(self._segment(ready, tmp))
+                segments.append(self._segment(ready, tmp, vectors))
                 ready = {}
         flushed = {pid for segment in segments for pid in segment.ids}
         for pid, parts in pending.items():  # cut short by an interrupted ingest: what there is
             if pid not in flushed:
                 ready.setdefault(pid, []).extend(parts)
         if ready:
-            segments.append(self._segment(ready, tmp))
+            segments.append(self._segment(ready, tmp, vectors))
         lexicon = Lexicon([s for s in segments if s.ids])
         if publish and self.store.stamp() == stamp:
             self._publish(tmp, lexicon, stamp, whole=True)
@@ -199,24 +243,28 @@ class LexicalIndex:
             shutil.rmtree(tmp, ignore_errors=True)
         return lexicon
 
-    def _segment(self, papers: dict[str, list[Hit]], folder: Path) -> Segment:
-        draft = Draft()
-        for pid in sorted(papers):
-            group = sorted(papers[pid], key=lambda c: c.metadata["chunk"])
-            draft.add(pid, paper_terms(group[0].metadata["title"], [c.text for c in group]))
-        return self._save(draft, folder)
+    def _segment(
+        self,
+        papers: dict[str, list[Hit]],
+        folder: Path,
+        vectors: dict[str, np.ndarray] | None = None,
+    ) -> Segment:
+        return self._save(draft_of(papers, vectors), folder)
 
     def _save(self, draft: Draft, folder: Path) -> Segment:
         """`draft` built and saved in `folder` under a new name (kept in memory when the
         index cannot be written: it still answers, and is rebuilt per process)."""
         model = draft.model()
+        dense = draft.dense()
         name = f"seg-{uuid.uuid4().hex[:12]}"
         try:
             model.save(str(folder / name), show_progress=False)
+            if dense is not None:
+                dense.save(folder / name)
         except OSError as exc:
             log.info("BM25 segment not saved (%s); it is rebuilt per process", exc)
-            return Segment("", draft.ids, model)
-        return Segment(name, draft.ids, model)
+            return Segment("", draft.ids, model, dense=dense)
+        return Segment(name, draft.ids, model, dense=dense)
 
     def _publish(self, folder: Path, lexicon: Lexicon, stamp: tuple[int, int], whole: bool) -> None:
         """Write the record; a whole build's new directory is renamed over the old one, so
@@ -274,12 +322,24 @@ class SegmentWriter:
         self.draft = Draft()
         self.segments: list[Segment] = []
         self.again: set[str] = set()  # papers written a second time in this run
+        self.vectors = index.keeps_vectors
 
-    def add(self, paper_id: str, title: str, texts: list[str], first: bool) -> None:
-        """A paper written with new text (`first`: the first time this run reads it)."""
+    def add(
+        self,
+        paper_id: str,
+        title: str,
+        texts: list[str],
+        first: bool,
+        vectors: np.ndarray | None = None,
+    ) -> None:
+        """A paper written with new text (`first`: the first time this run reads it), with
+        its chunks' vectors in order."""
         if not first and paper_id not in self.draft.rows:
             self.again.add(paper_id)
-        self.draft.add(paper_id, paper_terms(title, texts))
+        dense = None
+        if self.vectors and vectors is not None:
+            dense = (np.arange(len(vectors)), vectors)
+        self.draft.add(paper_id, paper_terms(title, texts), dense)
         if len(self.draft) >= SEGMENT_PAPERS:
             self._flush()
 
@@ -335,9 +395,14 @@ class SegmentWriter:
             kept = [s for s in everything if s not in small]
             live = sorted({p for s in small for row, p in enumerate(s.ids) if row not in s.deleted})
             papers: dict[str, list[Hit]] = {}
+            vectors: dict[str, np.ndarray] | None = {} if self.vectors else None
             for start in range(0, len(live), 1000):
-                papers.update(index.store.paper_chunks(live[start : start + 1000]))
-            kept.append(index._segment(papers, index.path))
+                some = index.store.paper_chunks(live[start : start + 1000])
+                papers.update(some)
+                if vectors is not None:
+                    ids = [c.chunk_id for chunks in some.values() for c in chunks]
+                    vectors.update(index.store.vectors(ids))
+            kept.append(index._segment(papers, index.path, vectors))
         index._publish(index.path, Lexicon(kept), after, whole=False)
         listed = {s.name for s in kept}
         for folder in index.path.glob("seg-*"):  # merged, or left by an interrupted ingest
@@ -349,3 +414,19 @@ class SegmentWriter:
         what = "a segment" if len(new) == 1 else f"{len(new)} segments"
         merged = f", {len(small)} small segments merged" if kept is not everything else ""
         return f"{what} of {added} papers added{merged}"
+
+
+def draft_of(papers: dict[str, list[Hit]], vectors: dict[str, np.ndarray] | None) -> Draft:
+    """A draft of these papers, with their chunk vectors (by chunk id) when `vectors` holds
+    them all (each is taken out of `vectors` once used)."""
+    draft = Draft()
+    for pid in sorted(papers):
+        group = sorted(papers[pid], key=lambda c: c.metadata["chunk"])
+        dense = None
+        if vectors is not None and all(c.chunk_id in vectors for c in group):
+            dense = (
+                np.array([c.metadata["chunk"] for c in group]),
+                np.stack([vectors.pop(c.chunk_id) for c in group]),
+            )
+        draft.add(pid, paper_terms(group[0].metadata["title"], [c.text for c in group]), dense)
+    return draft

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import numpy as np
 
+from rag.collection import chunk_id
 from rag.corpus import paper_url
 from rag.filters import Filter
 from rag.lexical import LexicalIndex, tokenize
-from rag.segments import PaperIds
+from rag.segments import DenseLexicon, PaperIds
 from rag.store import Store
-from rag.table import Hit, MaskCache
+from rag.table import Hit
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
@@ -193,11 +194,25 @@ def paper_hits(
 
 
 class DenseRetriever(StoreRetriever):
-    """Nearest chunks by cosine similarity in Chroma."""
+    """Nearest chunks by cosine similarity: exactly from the in-memory table (a small
+    collection); from the chunk vectors the BM25 segments keep (`rag.nearest`: binary codes,
+    exact rescoring; an embedded collection, whose HNSW index each process would otherwise
+    load whole); else from Chroma's HNSW index (a server's, an index whose segments keep no
+    vectors, or mid-ingest)."""
 
-    def __init__(self, store: Store, embedder: Embedder) -> None:
+    def __init__(self, store: Store, embedder: Embedder, index: LexicalIndex | None = None) -> None:
         self.store = store
         self.embedder = embedder
+        # Given (a hybrid's, which builds it anyway), a stale BM25 index is rebuilt for its
+        # vectors; a dense search alone uses a saved one only.
+        self.index = index or LexicalIndex(store)
+        self.build = index is not None
+
+    def segment_vectors(self) -> DenseLexicon | None:
+        """The segments' vectors, when a search should use them."""
+        if not self.store.embedded or self.store.table() is not None:
+            return None
+        return self.index.dense(build=self.build)
 
     def query_vector(self, query: str) -> np.ndarray:
         from rag.embed import embed_cached
@@ -216,10 +231,38 @@ class DenseRetriever(StoreRetriever):
         """The `k` papers nearest to `vector`, best first, each with its nearest chunk's id and
         cosine (no text: only the papers a search keeps are read)."""
         best: dict[str, Hit] = {}
-        for hit in self.store.query(vector, k * CHUNKS_PER_PAPER, filters, content=False):
+        for hit in self.nearest_chunks(vector, k * CHUNKS_PER_PAPER, filters):
             if best.setdefault(hit.metadata["paper_id"], hit) is hit and len(best) == k:
                 break
         return best
+
+    def nearest_chunks(self, vector: np.ndarray, n: int, filters: Filter | None) -> list[Hit]:
+        """The `n` chunks nearest to `vector`, best first, without text."""
+        dense = self.segment_vectors()
+        if dense is None:
+            return self.store.query(vector, n, filters, content=False)
+        ids = dense.lexicon.ids
+        admitted = self.index.admitted(filters, ids) if filters else None
+        return [
+            Hit(chunk_id(pid, number), score, "", {"paper_id": pid})
+            for pid, number, score in dense.nearest(vector, n, admitted)
+        ]
+
+    def chunk_cosines(
+        self, paper_ids: Sequence[str], vector: np.ndarray
+    ) -> dict[str, dict[str, float]]:
+        """Each chunk's cosine similarity to `vector`, by paper id then chunk id."""
+        dense = self.segment_vectors() if paper_ids else None
+        if dense is None:
+            return self.store.chunk_cosines(paper_ids, vector)
+        vector = np.asarray(vector, dtype=np.float32)
+        return {
+            pid: {
+                chunk_id(pid, int(n)): float(s)
+                for n, s in zip(numbers, matrix @ vector, strict=True)
+            }
+            for pid, (numbers, matrix) in dense.paper_vectors(list(paper_ids)).items()
+        }
 
     def search_vector(
         self, vector: np.ndarray, k: int, filters: Filter | None = None
@@ -240,7 +283,6 @@ class BM25Retriever(StoreRetriever):
     def __init__(self, store: Store) -> None:
         self.store = store
         self.index = LexicalIndex(store)
-        self._masks = MaskCache()
 
     def rank(self, query: str, k: int, filters: Filter | None = None) -> list[tuple[str, float]]:
         """The `k` best (paper id, BM25 score) pairs; papers sharing no term are left out."""
@@ -252,18 +294,8 @@ class BM25Retriever(StoreRetriever):
         that `filters` excludes score 0, which no ranking keeps."""
         ids, scores = self.index.scores(query)
         if filters and ids:
-            scores[~self._admitted(filters, ids)] = 0.0
+            scores[~self.index.admitted(filters, ids)] = 0.0
         return ids, scores
-
-    def _admitted(self, filters: Filter, ids: list[str]) -> np.ndarray:
-        """Which of `ids` (the BM25 documents) `filters` admits, kept per store state."""
-
-        def compute() -> np.ndarray:
-            admitted = self.store.admitted_papers(filters)
-            return np.fromiter((pid in admitted for pid in ids), dtype=bool, count=len(ids))
-
-        # Keyed on the id list too: during an ingest one stamp can go with two BM25 indexes.
-        return self._masks.get((self.store.stamp(), id(ids), len(ids), filters), compute)
 
     def search(self, query: str, k: int) -> list[PaperHit]:
         # Each with the chunk sharing most query terms as snippet; no relevance (a BM25 score
@@ -314,7 +346,7 @@ class HybridRetriever(StoreRetriever):
             # Each candidate's BM25 score (a dense one's too), not a dictionary of every paper.
             rows = ids.rows([pid for pid in dense if pid not in lexical]) if len(bm25) else {}
             scored = lexical | {pid: float(bm25[row]) for pid, row in rows.items()}
-            cosines = self.store.chunk_cosines([p for p in lexical if p not in dense], vector)
+            cosines = self.dense.chunk_cosines([p for p in lexical if p not in dense], vector)
             cosine = {pid: hit.score for pid, hit in dense.items()}
             cosine |= {pid: max(chunks.values()) for pid, chunks in cosines.items()}
             top_bm25 = float(bm25.max()) if len(bm25) else 0.0
@@ -323,7 +355,7 @@ class HybridRetriever(StoreRetriever):
             fused = self._rrf(list(dense), list(lexical))
         best = sorted(fused, key=lambda pid: (-fused[pid], pid))[:k]
         lexical_only = [pid for pid in best if pid not in dense and pid not in cosines]
-        cosines |= self.store.chunk_cosines(lexical_only, vector)
+        cosines |= self.dense.chunk_cosines(lexical_only, vector)
         snippets = {pid: dense[pid].chunk_id for pid in best if pid in dense}
         papers = paper_hits(self.store, [(pid, fused[pid]) for pid in best], snippets, query)
         for paper in papers:
@@ -391,9 +423,10 @@ def get_retriever(
     if mode == "bm25":
         store.open()  # the same checks as the other modes
         return BM25Retriever(store)
+    bm25 = BM25Retriever(store)
     return HybridRetriever(
-        DenseRetriever(store, embedder),
-        BM25Retriever(store),
+        DenseRetriever(store, embedder, bm25.index),
+        bm25,
         settings.dense_weight,
         settings.bm25_weight,
         settings.fusion,

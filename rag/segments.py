@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from rag.nearest import DenseRows, nearest
+
 K1, B = 1.5, 0.75  # bm25s's defaults (Lucene's BM25)
 DOC_FREQ_KEPT = 100_000  # terms whose document frequency a loaded index keeps
 
@@ -30,29 +32,45 @@ def idf(df: Any, n: float) -> Any:
 class Draft:
     """Papers' BM25 terms, gathered as they are read: each term kept as its number in this
     draft's vocabulary (4 bytes a term, not a string object each), so a segment of 50,000
-    abstracts takes some 30 MB until it is built. A paper added again replaces its terms."""
+    abstracts takes some 30 MB until it is built. A paper added again replaces its terms.
+    Papers given with their chunk vectors (chunk numbers, rows) keep those too: the segment
+    then serves dense searches (`rag.nearest`), when every paper had them."""
 
     def __init__(self) -> None:
         self.vocab: dict[str, int] = {}
         self.ids: list[str] = []
         self.docs: list[np.ndarray] = []
         self.rows: dict[str, int] = {}
+        self.vectors: list[tuple[np.ndarray, np.ndarray] | None] = []
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add(self, paper_id: str, terms: list[str]) -> None:
+    def add(
+        self, paper_id: str, terms: list[str], vectors: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> None:
         vocab = self.vocab
         doc = np.fromiter(
             (vocab.setdefault(t, len(vocab)) for t in terms), dtype=np.int32, count=len(terms)
         )
+        if vectors is not None:
+            vectors = (np.asarray(vectors[0], np.int32), np.asarray(vectors[1], np.float32))
         row = self.rows.get(paper_id)
         if row is None:
             self.rows[paper_id] = len(self.ids)
             self.ids.append(paper_id)
             self.docs.append(doc)
+            self.vectors.append(vectors)
         else:
             self.docs[row] = doc
+            self.vectors[row] = vectors
+
+    def dense(self) -> DenseRows | None:
+        """The papers' chunk vectors, when every paper came with them."""
+        parts = self.vectors
+        if not parts or any(p is None for p in parts):
+            return None
+        return DenseRows.of(parts)  # type: ignore[arg-type]
 
     def model(self) -> Any:
         """A bm25s index of these papers, the scores bm25s itself computes (method "lucene",
@@ -91,11 +109,21 @@ class Segment:
     ids: list[str]
     model: Any
     deleted: set[int] = field(default_factory=set)
+    dense: DenseRows | None = None
+    """Its papers' chunk vectors (`rag.nearest`), when it keeps them."""
 
     def __post_init__(self) -> None:
         self.alive = np.ones(len(self.ids), dtype=bool)
         if self.deleted:
             self.alive[np.fromiter(self.deleted, dtype=np.int64)] = False
+        self._live_chunks: np.ndarray | None = None
+
+    def live_chunks(self) -> np.ndarray:
+        """Per chunk row of `dense`: whether its paper's row is alive here."""
+        if self._live_chunks is None:
+            assert self.dense is not None
+            self._live_chunks = self.dense.expand(self.alive)
+        return self._live_chunks
 
     def column(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(rows, bm25s scores) of the papers holding `term`."""
@@ -187,3 +215,50 @@ class Lexicon:
                 out[offset : offset + len(segment.ids)][~segment.alive] = 0.0
             offset += len(segment.ids)
         return out
+
+
+class DenseLexicon:
+    """The chunk vectors of a `Lexicon` whose every segment keeps them: nearest chunks, and
+    the vectors of given papers, read from the segments (`rag.nearest`)."""
+
+    def __init__(self, lexicon: Lexicon) -> None:
+        self.lexicon = lexicon
+        self.segments = lexicon.segments
+        self.offsets = np.cumsum([0] + [len(s.ids) for s in self.segments])
+
+    @classmethod
+    def of(cls, lexicon: Lexicon) -> DenseLexicon | None:
+        if not lexicon.segments or any(s.dense is None for s in lexicon.segments):
+            return None
+        return cls(lexicon)
+
+    def nearest(
+        self, vector: np.ndarray, n: int, admitted: np.ndarray | None = None
+    ) -> list[tuple[str, int, float]]:
+        """The `n` live chunks nearest to `vector`, best first: (paper id, chunk number,
+        cosine); `admitted` (per paper row of the lexicon) restricts them."""
+        parts = []
+        for at, segment in enumerate(self.segments):
+            allowed = segment.live_chunks()
+            if admitted is not None:
+                mine = admitted[self.offsets[at] : self.offsets[at + 1]]
+                allowed = allowed & segment.dense.expand(mine)  # type: ignore[union-attr]
+            parts.append((segment.dense, allowed))
+        found = []
+        for part, row, score in nearest(parts, vector, n):  # type: ignore[arg-type]
+            rows = self.segments[part].dense
+            assert rows is not None
+            paper = self.segments[part].ids[int(rows.paper_rows(np.array([row]))[0])]
+            found.append((paper, int(rows.chunks[row]), score))
+        return found
+
+    def paper_vectors(self, paper_ids: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """(chunk numbers, vectors) of each of these papers the index holds."""
+        found = {}
+        for pid, row in self.lexicon.ids.rows(paper_ids).items():
+            at = int(np.searchsorted(self.offsets, row, side="right")) - 1
+            rows = self.segments[at].dense
+            assert rows is not None
+            span = rows.rows_of(row - int(self.offsets[at]))
+            found[pid] = (np.asarray(rows.chunks[span]), np.asarray(rows.vectors[span]))
+        return found

@@ -153,7 +153,9 @@ class Settings(BaseSettings):
         description=(
             "Collections of up to this many chunks are searched exactly, from an in-memory copy "
             "of their vectors (deterministic, and faster than the ANN index at this size); "
-            "larger ones through Chroma's HNSW index."
+            "larger embedded ones exactly too, from the vectors the BM25 segments keep "
+            "memory-mapped (no HNSW index to load per process); a Chroma server's through its "
+            "HNSW index."
         ),
     )
     min_relevance: float = Field(

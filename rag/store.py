@@ -212,15 +212,18 @@ class Store(Collection):
             for cid, v in zip(got["ids"], got["embeddings"], strict=True)
         }
 
-    def chunk_pages(self) -> Iterator[list[Hit]]:
-        """Every chunk (text and metadata), a page at a time: what a lexical index built over
-        millions of chunks reads without holding them all."""
+    def chunk_pages(self, vectors: bool = False) -> Iterator[tuple[list[Hit], np.ndarray | None]]:
+        """Every chunk (text and metadata), a page at a time, with the page's vectors as one
+        matrix when asked: what a lexical index built over millions of chunks reads without
+        holding them all."""
         table = self.table()
         if table is not None:
-            yield [table.hit(r) for r in range(len(table.ids))]
+            yield [table.hit(r) for r in range(len(table.ids))], table.matrix if vectors else None
             return
-        for page in self._pages(["documents", "metadatas"]):
-            yield list(hits_of(page))
+        include = ["documents", "metadatas", *(["embeddings"] if vectors else [])]
+        for page in self._pages(include):
+            matrix = np.asarray(page["embeddings"], dtype=np.float32) if vectors else None
+            yield list(hits_of(page)), matrix
 
     @guarded
     def all_chunks(self) -> list[Hit]:

@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
         "rag.encoders.torch_encoder",
     },
     {"rag.embed"},
-    {"rag.table", "rag.texts"},
+    {"rag.table", "rag.texts", "rag.nearest"},
     {"rag.chroma"},
     {"rag.collection"},
     {"rag.store", "rag.segments"},

@@ -165,6 +165,12 @@ def test_small_segments_are_merged(settings: Settings, monkeypatch: pytest.Monke
     assert len([p for p in folder.iterdir() if p.name.startswith("seg-")]) == len(sizes)
     found = LexicalIndex(Store(settings, embedder.name))
     assert found.current().papers == 315
+    # The merged segment keeps its papers' chunk vectors, read back from the store.
+    dense = found.dense()
+    assert dense is not None and all(s.dense is not None for s in found.current().segments)
+    c_paper = synthetic(5, 4, "C")[2]
+    (pid, _, score), *_ = dense.nearest(embedder.embed([c_paper.abstract])[0], 1)
+    assert pid == c_paper.paper_id and score > 0.9
 
 
 def test_a_search_during_an_ingest_keeps_the_index_it_has(

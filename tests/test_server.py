@@ -95,6 +95,8 @@ def test_ingest_search_ask_and_reingest_against_a_chroma_server(
 
     texts = chromadb.HttpClient(host="127.0.0.1", port=port).get_collection("papers")
     assert all(texts.get(include=["documents"])["documents"])
+    # The server holds its vector index warm: the BM25 segments here keep no second copy.
+    assert list((side / "bm25").rglob("seg-*")) and not list((side / "bm25").rglob("vectors.npy"))
 
     found = run_rag("search", "quantum dot light emission in cavities", "--json", "-k", "2")
     assert found.returncode == 0, found.stderr
