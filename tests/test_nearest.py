@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rag import nearest as nearest_module
 from rag.filters import Filter
 from rag.ingest import ingest_lock, ingest_papers
 from rag.lexical import LexicalIndex
-from rag.nearest import DenseRows, nearest
+from rag.nearest import DenseRows, integer_product, nearest
 from rag.retrieve import DenseRetriever, get_retriever
 from rag.settings import Settings
 from rag.store import Store
@@ -81,6 +82,56 @@ def test_the_nearest_chunks_are_found_exactly_across_segments() -> None:
             assert [s for *_, s in found] == sorted((s for *_, s in found), reverse=True)
     twice = [(rows_of(vectors[:10]), np.ones(10, bool))] * 2
     assert [(p, r) for p, r, _ in nearest(twice, vectors[3], 2)] == [(0, 3), (1, 3)]
+
+
+def test_codes_are_scored_by_an_integer_product_in_onnx_runtime_or_numpy_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(6)
+    codes = rng.integers(1, 256, size=(70_000, 384), dtype=np.uint8)
+    query = rng.integers(-127, 128, size=384, dtype=np.int8)
+    wanted = (codes.astype(np.int64) - 128) @ query.astype(np.int64)
+    assert (integer_product(codes, query) == wanted).all()
+    monkeypatch.setattr(nearest_module, "_SESSION", False)  # ONNX Runtime could not start
+    assert (integer_product(codes, query) == wanted).all()
+
+
+def test_codes_rank_close_enough_that_rescoring_a_pool_gives_the_exact_nearest(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """20,000 vectors, 30 queries, only `OVERSAMPLE * n` candidates rescored: the exact
+    nearest chunks, as a search of every float32 vector finds them; the codes are saved and
+    loaded with the vectors, and a segment saved without them is searched exactly."""
+    monkeypatch.setattr(nearest_module, "MIN_POOL", 0)
+    vectors = clustered(20_000, seed=7)
+    rows = rows_of(vectors)
+    assert rows.codes is not None and rows.codes.dtype == np.uint8
+    approx = rows.scores(vectors[0])
+    assert np.abs(approx - vectors @ vectors[0]).max() < 0.02
+    rows.save(tmp_path)
+    loaded = DenseRows.load(tmp_path)
+    assert loaded is not None and isinstance(loaded.codes, np.memmap)
+    allowed = np.ones(20_000, dtype=bool)
+    queries = unit(vectors[::667][:30] + np.random.default_rng(8).normal(size=(30, 384)) * 0.3)
+    for query in queries:
+        for n in (10, 100):
+            found = nearest([(loaded, allowed)], query, n)
+            assert [r for _, r, _ in found] == exact_top(vectors, query, n)
+    (tmp_path / "scale.npy").unlink()  # as saved before codes were kept
+    flat = DenseRows.load(tmp_path)
+    assert flat is not None and flat.codes is None
+    found = nearest([(flat, allowed)], queries[0], 10)
+    assert [r for _, r, _ in found] == exact_top(vectors, queries[0], 10)
+
+
+def test_rows_not_allowed_are_never_returned() -> None:
+    vectors = clustered(500, seed=4)
+    rows = rows_of(vectors)
+    allowed = np.zeros(500, dtype=bool)
+    allowed[::7] = True
+    found = nearest([(rows, allowed)], vectors[0], 1000)
+    assert sorted(row for _, row, _ in found) == np.flatnonzero(allowed).tolist()
+    assert nearest([(rows, np.zeros(500, dtype=bool))], vectors[0], 5) == []
 
 
 def synthetic(n: int, seed: int, prefix: str, source: str = "test.txt") -> list:
