@@ -94,6 +94,7 @@ def test_codes_are_scored_by_an_integer_product_in_onnx_runtime_or_numpy_alike(
     assert (integer_product(codes, query) == wanted).all()
     monkeypatch.setattr(nearest_module, "_SESSION", False)  # ONNX Runtime could not start
     assert (integer_product(codes, query) == wanted).all()
+    assert nearest_module.INTEGER_GRAPH == nearest_module.integer_graph()  # kept serialized
 
 
 def test_codes_rank_close_enough_that_rescoring_a_pool_gives_the_exact_nearest(
