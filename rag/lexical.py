@@ -201,12 +201,12 @@ class LexicalIndex:
                         list(s["paper_ids"]),
                         bm25s.BM25.load(str(self.path / s["dir"]), mmap=True, show_progress=False),
                         set(s["deleted"]),
-                        DenseRows.load(self.path / s["dir"]),
+                        DenseRows.load(self.path / s["dir"], len(s["paper_ids"])),
                     )
                     for s in saved["segments"]
                 ]
             )
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, EOFError, IndexError):
             return None  # damaged, or a segment removed by a merge meanwhile: rebuild
 
     def _build(self, stamp: tuple[int, int], publish: bool = True) -> Lexicon:
@@ -218,7 +218,9 @@ class LexicalIndex:
         segments: list[Segment] = []
         pending: dict[str, list[Hit]] = {}
         ready: dict[str, list[Hit]] = {}
-        vectors: dict[str, np.ndarray] | None = {} if self.keeps_vectors else None
+        # Vectors for a published build only: one kept by this process alone (mid-ingest) is
+        # of a store being written; its dense searches go to Chroma.
+        vectors: dict[str, np.ndarray] | None = {} if self.keeps_vectors and publish else None
         for page, matrix in self.store.chunk_pages(vectors=vectors is not None):
             for at, chunk in enumerate(page):
                 parts = pending.setdefault(chunk.metadata["paper_id"], [])
@@ -261,9 +263,10 @@ class LexicalIndex:
             model.save(str(folder / name), show_progress=False)
             if dense is not None:
                 dense.save(folder / name)
-        except OSError as exc:
+                dense = DenseRows.load(folder / name, len(draft.ids))  # mapped, not held
+        except (OSError, ValueError) as exc:
             log.info("BM25 segment not saved (%s); it is rebuilt per process", exc)
-            return Segment("", draft.ids, model, dense=dense)
+            return Segment("", draft.ids, model, dense=draft.dense())
         return Segment(name, draft.ids, model, dense=dense)
 
     def _publish(self, folder: Path, lexicon: Lexicon, stamp: tuple[int, int], whole: bool) -> None:
@@ -402,7 +405,8 @@ class SegmentWriter:
                 if vectors is not None:
                     ids = [c.chunk_id for chunks in some.values() for c in chunks]
                     vectors.update(index.store.vectors(ids))
-            kept.append(index._segment(papers, index.path, vectors))
+            if papers:  # none left alive: no empty segment
+                kept.append(index._segment(papers, index.path, vectors))
         index._publish(index.path, Lexicon(kept), after, whole=False)
         listed = {s.name for s in kept}
         for folder in index.path.glob("seg-*"):  # merged, or left by an interrupted ingest

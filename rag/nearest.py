@@ -73,29 +73,43 @@ class DenseRows:
             np.save(folder / f"{name}.npy", getattr(self, name), allow_pickle=False)
 
     @classmethod
-    def load(cls, folder: Path) -> DenseRows | None:
-        """The rows saved in `folder` (memory-mapped), or None when it keeps none (written
-        before segments kept vectors, or through a Chroma server)."""
+    def load(cls, folder: Path, papers: int) -> DenseRows | None:
+        """The rows of `papers` papers saved in `folder` (memory-mapped), or None when it
+        keeps none (written before segments kept vectors, or through a Chroma server); a
+        ValueError when they are damaged."""
         if not (folder / "starts.npy").exists():
             return None
         rows = cls(*(np.load(folder / f"{name}.npy", mmap_mode="r") for name in FILES))
         if (folder / "scale.npy").exists():
             rows.codes = np.load(folder / "codes.npy", mmap_mode="r")
             rows.scale = np.load(folder / "scale.npy")
-        if len(rows.chunks) != len(rows.vectors) or rows.starts[-1] != len(rows.vectors):
+        starts, vectors = rows.starts, rows.vectors
+        intact = (
+            vectors.ndim == 2
+            and vectors.dtype == np.float32
+            and rows.chunks.shape == (len(vectors),)
+            and starts.shape == (papers + 1,)
+            and starts[0] == 0
+            and starts[-1] == len(vectors)
+            and bool((np.diff(starts) >= 0).all())
+        )
+        if intact and rows.codes is not None:
+            intact = rows.codes.shape == vectors.shape and rows.codes.dtype == np.uint8
+            intact = intact and rows.scale is not None and rows.scale.shape == vectors.shape[1:]
+        if not intact:
             raise ValueError(f"damaged vectors in {folder}")
-        if rows.codes is not None and rows.codes.shape != rows.vectors.shape:
-            raise ValueError(f"damaged vector codes in {folder}")
         return rows
 
     def scores(self, vector: np.ndarray) -> np.ndarray:
-        """Every chunk's approximate cosine to `vector`, from the codes (exact without)."""
-        if self.codes is None or self.scale is None:
-            return np.asarray(self.vectors @ vector)
-        weights = vector * self.scale
-        step = float(np.abs(weights).max()) / 127 or 1.0
-        query = np.rint(weights / step).astype(np.int8)
-        return integer_product(self.codes, query).astype(np.float32) * np.float32(step)
+        """Every chunk's approximate cosine to `vector`, from the codes; exact, from the
+        float32 vectors, without codes or where ONNX Runtime cannot run."""
+        if self.codes is not None and self.scale is not None:
+            weights = vector * self.scale
+            step = float(np.abs(weights).max()) / 127 or 1.0
+            products = integer_product(self.codes, np.rint(weights / step).astype(np.int8))
+            if products is not None:
+                return products.astype(np.float32) * np.float32(step)
+        return np.asarray(self.vectors @ vector)
 
     def rows_of(self, paper_row: int) -> slice:
         return slice(int(self.starts[paper_row]), int(self.starts[paper_row + 1]))
@@ -138,33 +152,28 @@ def nearest(
 
 _SESSION: Any = None  # the ONNX Runtime session; False once it failed
 _SESSION_LOCK = threading.Lock()
-BLOCK = 65_536  # rows a NumPy fallback converts at a time
 
 
-def integer_product(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """(codes - 128) @ query as int32, codes uint8 (rows x dims), query int8 (dims): ONNX
-    Runtime's `MatMulInteger`, whose kernels multiply 8-bit integers natively; NumPy (the same
-    integers, slower) where it cannot run."""
+def integer_product(codes: np.ndarray, query: np.ndarray) -> np.ndarray | None:
+    """(codes - 128) @ query as int32, codes uint8 (rows x dims), query int8 (dims), by ONNX
+    Runtime's `MatMulInteger`, whose kernels multiply 8-bit integers natively; None where it
+    cannot run (NumPy has no fast integer product: the float32 vectors are scanned instead)."""
     global _SESSION
     with _SESSION_LOCK:
         if _SESSION is None:
             try:
                 _SESSION = _integer_session()
-            except Exception as exc:  # any failure to start: NumPy from now on
-                log.info("integer products in NumPy (%s)", exc)
+            except Exception as exc:  # any failure to start: float32 from now on
+                log.info("no integer products (%s); vectors are scanned in float32", exc)
                 _SESSION = False
-    if _SESSION is not False:
-        try:
-            out = _SESSION.run(None, {"codes": np.asarray(codes), "query": query[:, None]})[0]
-            return np.asarray(out).reshape(-1)
-        except Exception as exc:
-            log.info("integer product in NumPy (%s)", exc)
-    weights = query.astype(np.float32)
-    out = np.empty(len(codes), dtype=np.int32)
-    for start in range(0, len(codes), BLOCK):
-        block = np.asarray(codes[start : start + BLOCK], dtype=np.float32) - ZERO
-        out[start : start + BLOCK] = np.rint(block @ weights)  # exact: |sum| < 2**24
-    return out
+    if _SESSION is False:
+        return None
+    try:
+        out = _SESSION.run(None, {"codes": np.asarray(codes), "query": query[:, None]})[0]
+    except Exception as exc:
+        log.info("integer product failed (%s); scanned in float32", exc)
+        return None
+    return np.asarray(out).reshape(-1)
 
 
 def _integer_session() -> Any:

@@ -195,7 +195,7 @@ def paper_hits(
 
 class DenseRetriever(StoreRetriever):
     """Nearest chunks by cosine similarity: exactly from the in-memory table (a small
-    collection); from the chunk vectors the BM25 segments keep (`rag.nearest`: binary codes,
+    collection); from the chunk vectors the BM25 segments keep (`rag.nearest`: 8-bit codes,
     exact rescoring; an embedded collection, whose HNSW index each process would otherwise
     load whole); else from Chroma's HNSW index (a server's, an index whose segments keep no
     vectors, or mid-ingest)."""

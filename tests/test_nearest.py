@@ -1,5 +1,5 @@
-"""Dense search from the vectors each BM25 segment keeps (rag.nearest): binary codes scanned by
-Hamming distance, candidates ranked by exact cosine; an embedded collection too large for the
+"""Dense search from the vectors each BM25 segment keeps (rag.nearest): 8-bit codes scanned by an
+integer product, candidates ranked by exact cosine; an embedded collection too large for the
 exact table is searched without Chroma's HNSW index, which every process would load whole."""
 
 from __future__ import annotations
@@ -62,11 +62,11 @@ def test_rows_keep_each_papers_chunks_and_are_saved_and_loaded_memory_mapped(
     assert rows.paper_rows(np.array([0, 2, 3, 299])).tolist() == [0, 0, 1, 99]
     assert rows.expand(np.array([True, False] * 50))[:7].tolist() == [1, 1, 1, 0, 0, 0, 1]
     rows.save(tmp_path)
-    loaded = DenseRows.load(tmp_path)
+    loaded = DenseRows.load(tmp_path, 100)
     assert loaded is not None and isinstance(loaded.vectors, np.memmap)
     np.testing.assert_array_equal(loaded.vectors, vectors.astype(np.float32))
     assert loaded.chunks[rows.rows_of(5)].tolist() == [0, 1, 2]
-    assert DenseRows.load(tmp_path / "none") is None
+    assert DenseRows.load(tmp_path / "none", 100) is None
 
 
 def test_the_nearest_chunks_are_found_exactly_across_segments() -> None:
@@ -84,7 +84,7 @@ def test_the_nearest_chunks_are_found_exactly_across_segments() -> None:
     assert [(p, r) for p, r, _ in nearest(twice, vectors[3], 2)] == [(0, 3), (1, 3)]
 
 
-def test_codes_are_scored_by_an_integer_product_in_onnx_runtime_or_numpy_alike(
+def test_codes_are_scored_by_an_integer_product_and_in_float32_without_onnx_runtime(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rng = np.random.default_rng(6)
@@ -92,9 +92,12 @@ def test_codes_are_scored_by_an_integer_product_in_onnx_runtime_or_numpy_alike(
     query = rng.integers(-127, 128, size=384, dtype=np.int8)
     wanted = (codes.astype(np.int64) - 128) @ query.astype(np.int64)
     assert (integer_product(codes, query) == wanted).all()
-    monkeypatch.setattr(nearest_module, "_SESSION", False)  # ONNX Runtime could not start
-    assert (integer_product(codes, query) == wanted).all()
     assert nearest_module.INTEGER_GRAPH == nearest_module.integer_graph()  # kept serialized
+    rows = rows_of(clustered(3_000, seed=9))
+    monkeypatch.setattr(nearest_module, "_SESSION", False)  # ONNX Runtime could not start
+    assert integer_product(codes, query) is None
+    vector = clustered(1, seed=10)[0]
+    np.testing.assert_allclose(rows.scores(vector), rows.vectors @ vector, rtol=1e-6)
 
 
 def test_codes_rank_close_enough_that_rescoring_a_pool_gives_the_exact_nearest(
@@ -110,7 +113,7 @@ def test_codes_rank_close_enough_that_rescoring_a_pool_gives_the_exact_nearest(
     approx = rows.scores(vectors[0])
     assert np.abs(approx - vectors @ vectors[0]).max() < 0.02
     rows.save(tmp_path)
-    loaded = DenseRows.load(tmp_path)
+    loaded = DenseRows.load(tmp_path, 20_000)
     assert loaded is not None and isinstance(loaded.codes, np.memmap)
     allowed = np.ones(20_000, dtype=bool)
     queries = unit(vectors[::667][:30] + np.random.default_rng(8).normal(size=(30, 384)) * 0.3)
@@ -119,7 +122,7 @@ def test_codes_rank_close_enough_that_rescoring_a_pool_gives_the_exact_nearest(
             found = nearest([(loaded, allowed)], query, n)
             assert [r for _, r, _ in found] == exact_top(vectors, query, n)
     (tmp_path / "scale.npy").unlink()  # as saved before codes were kept
-    flat = DenseRows.load(tmp_path)
+    flat = DenseRows.load(tmp_path, 20_000)
     assert flat is not None and flat.codes is None
     found = nearest([(flat, allowed)], queries[0], 10)
     assert [r for _, r, _ in found] == exact_top(vectors, queries[0], 10)
@@ -268,7 +271,10 @@ def test_segments_without_vectors_or_mid_ingest_are_searched_through_chroma(
             held.set()
             release.wait(30)
 
-    LexicalIndex(Store(large, embedder.name))._build(Store(large, embedder.name).stamp())
+    rebuilt = LexicalIndex(Store(large, embedder.name))
+    rebuilt._build(Store(large, embedder.name).stamp())
+    # A whole build's vectors are read from the files it wrote, not held in memory.
+    assert all(isinstance(s.dense.vectors, np.memmap) for s in rebuilt.current().segments)
     retriever = get_retriever(large, embedder, mode="hybrid")
     assert retriever.dense.segment_vectors() is not None  # rebuilt whole: vectors kept again
     thread = threading.Thread(target=ingesting)
@@ -279,6 +285,38 @@ def test_segments_without_vectors_or_mid_ingest_are_searched_through_chroma(
         assert retriever.dense.segment_vectors() is None  # the index it keeps lags the store
         assert retriever.search(query, 8)
         assert ("query", None) in chroma_queries
+        # A process starting mid-ingest builds BM25 for itself, but reads no vectors for it:
+        # the store is being written; its dense side is Chroma's.
+        chroma_queries.clear()
+        fresh = get_retriever(large, embedder, mode="hybrid")
+        assert fresh.search(query, 8) and fresh.dense.segment_vectors() is None
+        assert ("query", None) in chroma_queries  # not one page of every embedding:
+        assert ("embeddings", None) not in chroma_queries  # only candidates' (by id)
     finally:
         release.set()
         thread.join()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda folder: (folder / "scale.npy").write_bytes(b""),
+        lambda folder: np.save(folder / "starts.npy", np.load(folder / "starts.npy")[:-1]),
+        lambda folder: np.save(folder / "scale.npy", np.load(folder / "scale.npy")[:-1]),
+        lambda folder: np.save(folder / "vectors.npy", np.load(folder / "vectors.npy")[:, :5]),
+    ],
+    ids=["empty file", "starts short", "scale short", "vectors narrow"],
+)
+def test_damaged_segment_vectors_are_rebuilt_not_a_traceback(
+    large: Settings, chroma_queries: list[tuple], damage: object
+) -> None:
+    embedder = HashEmbedder()
+    ingest_papers(synthetic(120, 1, "Old"), large, embedder)
+    query = "volcano seismic tremor"
+    before = ranking(large, query, "hybrid")
+    (folder,) = {p.parent for p in (large.index_dir / "bm25").rglob("starts.npy")}
+    damage(folder)  # type: ignore[operator]
+    assert ranking(large, query, "hybrid") == before  # rebuilt whole from the store
+    index = LexicalIndex(Store(large, embedder.name))
+    assert index.dense() is not None
+    assert all(s.dense is not None for s in index.current().segments)
