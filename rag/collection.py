@@ -320,8 +320,8 @@ class Collection(OpenedCollection):
             return
         # Texts first (a text whose vector is not written yet is never read); the ones they
         # replace are put back if Chroma's write fails, so a failed write changes nothing.
-        before = beside.get(ids)
-        beside.put(ids, texts)
+        before = beside.rows(ids)
+        beside.put(ids, texts, metadatas)
         try:
             self.open().upsert(ids=ids, embeddings=vectors, metadatas=metadatas)
         except BaseException:
@@ -331,8 +331,20 @@ class Collection(OpenedCollection):
 
     @guarded_write
     def update_metadata(self, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
+        """Set these chunks' whole metadata (a key set to None is deleted): the copy beside
+        first, put back if Chroma's write fails, as in `write`."""
         self._mark_written()
-        self.open().update(ids=ids, metadatas=metadatas)
+        beside = self.texts
+        before = beside.rows(ids) if beside is not None else None
+        if beside is not None:
+            beside.put_metadata(ids, metadatas)
+        try:
+            self.open().update(ids=ids, metadatas=metadatas)
+        except BaseException:
+            if beside is not None and before is not None:
+                with contextlib.suppress(Exception):
+                    beside.restore(ids, before)
+            raise
 
     @guarded_write
     def delete(self, ids: list[str]) -> None:

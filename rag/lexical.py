@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import threading
 import uuid
 from functools import cache
@@ -28,6 +29,7 @@ from rag.table import MaskCache
 if TYPE_CHECKING:
     from rag.store import Store
     from rag.table import Hit
+    from rag.texts import ChunkTexts
 
 log = logging.getLogger(__name__)
 TOKENIZER_VERSION = 2  # bump when `tokenize` changes: saved BM25 indexes are then rebuilt
@@ -221,7 +223,10 @@ class LexicalIndex:
         # Vectors for a published build only: one kept by this process alone (mid-ingest) is
         # of a store being written; its dense searches go to Chroma.
         vectors: dict[str, np.ndarray] | None = {} if self.keeps_vectors and publish else None
+        copies = lacking_metadata(self.store) if vectors is not None else None
         for page, matrix in self.store.chunk_pages(vectors=vectors is not None):
+            if copies is not None:  # an index written before the texts file kept metadata
+                copies = fill_metadata(copies, page)
             for at, chunk in enumerate(page):
                 parts = pending.setdefault(chunk.metadata["paper_id"], [])
                 parts.append(chunk)
@@ -434,3 +439,21 @@ def draft_of(papers: dict[str, list[Hit]], vectors: dict[str, np.ndarray] | None
             )
         draft.add(pid, paper_terms(group[0].metadata["title"], [c.text for c in group]), dense)
     return draft
+
+
+def fill_metadata(copies: ChunkTexts, page: list[Hit]) -> ChunkTexts | None:
+    """Copy a page's metadata into the texts file where it has none (`rag.texts`); None
+    from the first page it cannot write (a read-only index): the copies are not needed to
+    search, only to search without opening Chroma's index."""
+    try:
+        copies.put_metadata([h.chunk_id for h in page], [h.metadata for h in page], missing=True)
+    except (sqlite3.Error, OSError) as exc:
+        log.info("metadata not copied beside the texts (%s)", exc)
+        return None
+    return copies
+
+
+def lacking_metadata(store: Store) -> ChunkTexts | None:
+    """The store's texts file, when some of its chunks have no copy of their metadata."""
+    copies = store.texts
+    return copies if copies is not None and copies.lacks_metadata() else None

@@ -113,11 +113,24 @@ class Store(Collection):
             return {
                 pid: [table.hit(r) for r in rows_of[pid]] for pid in paper_ids if pid in rows_of
             }
-        found = self._by_paper(paper_ids, ["documents", "metadatas"])
         parts: dict[str, list[Hit]] = {}
-        for hit in hits_of(found):
-            parts.setdefault(hit.metadata["paper_id"], []).append(hit)
-        return {pid: sorted(p, key=lambda h: h.metadata["chunk"]) for pid, p in parts.items()}
+        asked = list(paper_ids)
+        beside = self.texts
+        if beside is not None:  # read here, Chroma's index is not loaded (`rag.texts`)
+            asked = []
+            for pid, rows in beside.papers(paper_ids).items():
+                if any(meta is None for *_, meta in rows):
+                    asked.append(pid)  # written before metadata was kept here
+                else:
+                    parts[pid] = [Hit(cid, 0.0, text, meta) for cid, text, meta in rows]
+        if asked:
+            for hit in hits_of(self._by_paper(asked, ["documents", "metadatas"])):
+                parts.setdefault(hit.metadata["paper_id"], []).append(hit)
+        return {
+            pid: sorted(parts[pid], key=lambda h: h.metadata["chunk"])
+            for pid in paper_ids
+            if pid in parts
+        }
 
     @guarded
     def chunk_cosines(

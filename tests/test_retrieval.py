@@ -171,4 +171,5 @@ def test_a_large_collection_reads_the_texts_of_the_returned_papers_only(
         assert all(p.relevance is not None for p in papers if mode != "bm25"), mode
         returned = {p.paper_id for p in papers}
         content = [ids for include, ids in reads if include & {"documents", "metadatas"}]
-        assert content and all(ids and {paper_of(i) for i in ids} <= returned for ids in content)
+        # None at all where the texts file keeps metadata too (tests/test_texts.py).
+        assert all(ids and {paper_of(i) for i in ids} <= returned for ids in content)
