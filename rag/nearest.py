@@ -26,7 +26,9 @@ row's chunk number, int32), `starts.npy` (paper row -> its first chunk row, pape
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,8 @@ class DenseRows:
     starts: np.ndarray
     codes: np.ndarray | None = None
     scale: np.ndarray | None = None
+    fd: int | None = None
+    """The saved vectors file, open (read with `pread` by `read`)."""
 
     @classmethod
     def of(cls, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> DenseRows:
@@ -98,6 +102,9 @@ class DenseRows:
             intact = intact and rows.scale is not None and rows.scale.shape == vectors.shape[1:]
         if not intact:
             raise ValueError(f"damaged vectors in {folder}")
+        # Opened now: read by `read` after a whole build renames the folder, as the map is.
+        rows.fd = os.open(folder / "vectors.npy", os.O_RDONLY)
+        weakref.finalize(rows, os.close, rows.fd)
         return rows
 
     def scores(self, vector: np.ndarray) -> np.ndarray:
@@ -110,6 +117,19 @@ class DenseRows:
             if products is not None:
                 return products.astype(np.float32) * np.float32(step)
         return np.asarray(self.vectors @ vector)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The float32 vectors of these chunk rows (ascending). From a saved segment they are
+        read with `pread`, not through the memory map: the kernel maps page-cache folios whole
+        on a fault, and 4,000 rows read through the map of 1.7M chunks took 1.6 GB of resident
+        pages into the process, against 6 MB read."""
+        vectors, fd = self.vectors, self.fd
+        if fd is None or not isinstance(vectors, np.memmap) or not len(rows):
+            return np.asarray(vectors[rows], dtype=np.float32)
+        width = vectors.shape[1] * vectors.itemsize
+        start = vectors.offset
+        data = b"".join([os.pread(fd, width, start + int(r) * width) for r in rows])
+        return np.frombuffer(data, dtype=np.float32).reshape(len(rows), vectors.shape[1])
 
     def rows_of(self, paper_row: int) -> slice:
         return slice(int(self.starts[paper_row]), int(self.starts[paper_row + 1]))
@@ -144,8 +164,7 @@ def nearest(
     sims = np.empty(len(chosen), dtype=np.float32)
     for part in np.unique(part_of).tolist():
         at = part_of == part
-        rows = parts[part][0].vectors[chosen[at] - offsets[part]]
-        sims[at] = np.asarray(rows, dtype=np.float32) @ vector
+        sims[at] = parts[part][0].read(chosen[at] - offsets[part]) @ vector
     top = np.lexsort((chosen, -sims))[:n]
     return [(int(part_of[i]), int(chosen[i] - offsets[part_of[i]]), float(sims[i])) for i in top]
 

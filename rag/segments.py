@@ -260,5 +260,8 @@ class DenseLexicon:
             rows = self.segments[at].dense
             assert rows is not None
             span = rows.rows_of(row - int(self.offsets[at]))
-            found[pid] = (np.asarray(rows.chunks[span]), np.asarray(rows.vectors[span]))
+            found[pid] = (
+                np.asarray(rows.chunks[span]),
+                rows.read(np.arange(span.start, span.stop)),
+            )
         return found

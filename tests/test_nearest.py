@@ -66,6 +66,10 @@ def test_rows_keep_each_papers_chunks_and_are_saved_and_loaded_memory_mapped(
     assert loaded is not None and isinstance(loaded.vectors, np.memmap)
     np.testing.assert_array_equal(loaded.vectors, vectors.astype(np.float32))
     assert loaded.chunks[rows.rows_of(5)].tolist() == [0, 1, 2]
+    wanted = np.array([0, 7, 8, 299])  # read with pread: nothing of the file mapped
+    np.testing.assert_array_equal(loaded.read(wanted), vectors[wanted].astype(np.float32))
+    np.testing.assert_array_equal(rows.read(wanted), vectors[wanted].astype(np.float32))
+    assert loaded.read(np.array([], dtype=np.int64)).shape == (0, 100)
     assert DenseRows.load(tmp_path / "none", 100) is None
 
 
