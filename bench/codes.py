@@ -11,8 +11,13 @@ score; the rank of the last of them is the pool a rescoring stage needs. Printed
 * 8-bit integer codes (each dimension scaled by its largest magnitude), by integer product:
   what `rag.nearest` keeps.
 
+With `--segments`, the same pool is measured at scale over an index's saved segments (e.g.
+bench/million.py's, 1.7M hash-seeded vectors: flat similarities, the hard case for codes),
+against a float32 scan of every vector, for generated queries.
+
 Usage: rag eval --beir DATA/scifact --index-dir /tmp/beir-sf --retriever dense   (builds it)
        python bench/codes.py --index /tmp/beir-sf --queries DATA/scifact/queries.jsonl
+       RAG_INDEX_DIR=/tmp/mil1m/index RAG_EMBED_MODEL=hash:384 python bench/codes.py --segments
 """
 
 from __future__ import annotations
@@ -72,10 +77,14 @@ def kmeans(x: np.ndarray, k: int, iterations: int = 10) -> tuple[np.ndarray, np.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", type=Path, required=True)
-    parser.add_argument("--queries", type=Path, required=True)
+    parser.add_argument("--index", type=Path)
+    parser.add_argument("--queries", type=Path)
     parser.add_argument("--limit", type=int, default=300)
+    parser.add_argument("--segments", action="store_true", help="RAG_INDEX_DIR's segments")
     args = parser.parse_args()
+    if args.segments:
+        segments_pool(min(args.limit, 20))
+        return
     matrix, queries = load(args.index, args.queries, args.limit)
     total = len(matrix)
     print(f"{total:,} chunks, {len(queries)} queries\n")
@@ -116,6 +125,34 @@ def main() -> None:
             f"| {probes} of {k} | {np.mean(scanned):.1%} | {np.mean(recall[10]):.3f} | "
             f"{np.mean(recall[200]):.3f} |"
         )
+
+
+def segments_pool(queries: int) -> None:
+    """The pool the 8-bit codes need over the configured index's segments."""
+    from rag.retrieve import get_retriever
+    from rag.settings import Settings
+
+    retriever = get_retriever(Settings(), mode="dense")
+    dense = retriever.segment_vectors()  # type: ignore[attr-defined]
+    if dense is None:
+        raise SystemExit("the index's segments keep no vectors")
+    rows = [s.dense for s in dense.segments]
+    total = sum(len(r.vectors) for r in rows)
+    needed: dict[int, list[int]] = {10: [], 40: [], 200: []}
+    for i in range(queries):
+        vector = retriever.query_vector(f"query {i} kamuri tone salo {i * 7}")
+        approx = np.concatenate([r.scores(vector) for r in rows])
+        exact = np.concatenate([np.asarray(r.vectors) @ vector for r in rows])
+        rank = np.empty(total, dtype=np.int64)
+        rank[np.argsort(-approx, kind="stable")] = np.arange(total)
+        top = np.argsort(-exact, kind="stable")
+        for n in needed:
+            needed[n].append(int(rank[top[:n]].max()) + 1)
+    print(f"{total:,} chunks in {len(rows)} segments, {queries} queries\n")
+    print("| n nearest | pool needed p50 / max (rows) |")
+    print("|---|---|")
+    for n, pools_needed in needed.items():
+        print(f"| {n} | {np.median(pools_needed):.0f} / {max(pools_needed)} |")
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 FILES = ("vectors", "chunks", "starts")
 CODE_FILES = ("codes", "scale")
-OVERSAMPLE = 10  # chunks rescored exactly per chunk wanted
-MIN_POOL = 4000  # and never fewer (a few milliseconds of float32 reads)
+OVERSAMPLE = 4  # chunks rescored exactly per chunk wanted
+MIN_POOL = 200  # and never fewer (bench/README.md: the pool each n needs)
 ZERO = 128  # the codes' zero point
 
 
