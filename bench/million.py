@@ -15,7 +15,8 @@ the same directory):
 * search: a fresh `rag search --json` process, three times: wall time, peak RSS;
 * warm: dense, bm25 and hybrid searches in one warm process, p50/p95 over 50 queries each;
 * serve: `rag serve` until the page answers, its RSS then and after one search;
-* incremental: `rag ingest` of 1,000 new papers into it: wall time, peak RSS, what BM25 rebuilt.
+* incremental: `rag ingest` of 1,000 new papers into it (new ones at each run): wall time, peak
+  RSS, what BM25 rebuilt.
 
 With `--server`, a real `chroma run --path DIR/server` is started and every step goes to it
 through RAG_CHROMA_HOST (the local index directory then holds only BM25 and the lock).
@@ -215,7 +216,7 @@ def serve_step(index: Path) -> None:
         first = time.perf_counter() - began
         row("`rag serve`: start to page served; RSS then", f"{up:.1f} s; {rss:.0f} MB")
         row(
-            "`rag serve`: first search (loads BM25 and HNSW); RSS after (VmHWM)",
+            "`rag serve`: first search (loads BM25 and the dense index); RSS after (VmHWM)",
             f"{first:.1f} s; {rss_mb(server.pid):.0f} MB ({rss_mb(server.pid, 'VmHWM'):.0f} MB)",
         )
     finally:
@@ -286,8 +287,9 @@ def run_steps(args: argparse.Namespace) -> None:
     if "serve" in steps:
         serve_step(index)
     if "incremental" in steps:
-        extra = args.dir / "papers-1000-more.jsonl"
-        write_corpus(extra, 1000, first=args.papers, seed=99)
+        runs = len(list(args.dir.glob("papers-1000-more*.jsonl")))  # new papers each run
+        extra = args.dir / f"papers-1000-more-{runs}.jsonl"
+        write_corpus(extra, 1000, first=args.papers + 1000 * runs, seed=99 + runs)
         wall, rss, out = timed(rag("ingest", str(extra), "--json"), index)
         report = json.loads(out)
         row(
