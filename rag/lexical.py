@@ -266,13 +266,14 @@ class LexicalIndex:
         name = f"seg-{uuid.uuid4().hex[:12]}"
         try:
             model.save(str(folder / name), show_progress=False)
+            mapped = None  # the vectors mapped from their files, not held in memory
             if dense is not None:
                 dense.save(folder / name)
-                dense = DenseRows.load(folder / name, len(draft.ids))  # mapped, not held
+                mapped = DenseRows.load(folder / name, len(draft.ids))
         except (OSError, ValueError) as exc:
             log.info("BM25 segment not saved (%s); it is rebuilt per process", exc)
-            return Segment("", draft.ids, model, dense=draft.dense())
-        return Segment(name, draft.ids, model, dense=dense)
+            return Segment("", draft.ids, model, dense=dense)
+        return Segment(name, draft.ids, model, dense=mapped)
 
     def _publish(self, folder: Path, lexicon: Lexicon, stamp: tuple[int, int], whole: bool) -> None:
         """Write the record; a whole build's new directory is renamed over the old one, so

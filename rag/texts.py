@@ -46,6 +46,7 @@ class ChunkTexts:
         self.path = path
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._meta = "NULL"  # what rows read as metadata: "meta" once the column exists
 
     def create(self) -> None:
         """Make the file and its table (nothing when they exist)."""
@@ -55,6 +56,7 @@ class ChunkTexts:
                 "(id TEXT PRIMARY KEY, text TEXT NOT NULL, meta TEXT)"
             )
             self._add_meta_column(db)
+            self._meta = "meta"
 
     def check(self) -> None:
         """A store whose collection keeps its texts here, with the file gone, is damaged."""
@@ -94,7 +96,7 @@ class ChunkTexts:
     def lacks_metadata(self) -> bool:
         """Whether some chunk has no metadata here (written before it was kept)."""
         with self._connection() as db:
-            if not self._has_meta_column(db):
+            if self._meta != "meta":
                 return True
             return (
                 db.execute("SELECT 1 FROM texts WHERE meta IS NULL LIMIT 1").fetchone() is not None
@@ -105,10 +107,9 @@ class ChunkTexts:
         id, read through the primary key (a paper's chunks are `PAPER#0`, `PAPER#1`, ...)."""
         found: dict[str, list[tuple[str, str, Any]]] = {}
         with self._connection() as db:
-            meta = "meta" if self._has_meta_column(db) else "NULL"
             for pid in dict.fromkeys(paper_ids):
                 rows = db.execute(
-                    f"SELECT id, text, {meta} FROM texts WHERE id >= ? AND id < ?",
+                    f"SELECT id, text, {self._meta} FROM texts WHERE id >= ? AND id < ?",
                     (f"{pid}#", f"{pid}$"),  # "$" follows "#": every "PAPER#..." id
                 )
                 for cid, text, saved in rows:
@@ -120,23 +121,16 @@ class ChunkTexts:
 
     def get(self, ids: Sequence[str]) -> list[str | None]:
         """The texts of these chunks, in the same order (None for an id without one)."""
-        found: dict[str, str] = {}
-        with self._connection() as db:
-            for start in range(0, len(ids), IDS_PER_STATEMENT):
-                part = list(ids[start : start + IDS_PER_STATEMENT])
-                marks = ",".join("?" * len(part))
-                found.update(db.execute(f"SELECT id, text FROM texts WHERE id IN ({marks})", part))
-        return [found.get(cid) for cid in ids]
+        return [row[0] if row is not None else None for row in self.rows(ids)]
 
     def rows(self, ids: Sequence[str]) -> list[tuple[str, str | None] | None]:
         """(text, metadata as saved) of these chunks, in order (None: no row), for `restore`."""
         found: dict[str, tuple[str, str | None]] = {}
         with self._connection() as db:
-            meta = "meta" if self._has_meta_column(db) else "NULL"
             for start in range(0, len(ids), IDS_PER_STATEMENT):
                 part = list(ids[start : start + IDS_PER_STATEMENT])
                 marks = ",".join("?" * len(part))
-                query = f"SELECT id, text, {meta} FROM texts WHERE id IN ({marks})"
+                query = f"SELECT id, text, {self._meta} FROM texts WHERE id IN ({marks})"
                 found.update((cid, (text, m)) for cid, text, m in db.execute(query, part))
         return [found.get(cid) for cid in ids]
 
@@ -164,6 +158,8 @@ class ChunkTexts:
                     if ("texts",) in tables:
                         with self._db:
                             self._add_meta_column(self._db)
+                with contextlib.suppress(sqlite3.Error):
+                    self._meta = "meta" if self._has_meta_column(self._db) else "NULL"
             yield self._db
 
     def _has_meta_column(self, db: sqlite3.Connection) -> bool:
