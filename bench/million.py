@@ -4,15 +4,17 @@ the text; the model is not what is measured).
 
 Abstracts are drawn from a 60,000-word vocabulary with Zipf-distributed word frequencies and
 log-normal lengths (median 270 words, sentences of 12 to 30: 1.7 chunks per paper), so BM25 sees
-realistic term
-statistics. Each step prints a Markdown table row as it ends (steps can be run one at a time on
-the same directory):
+realistic term statistics; each paper has 1 to 3 arXiv categories (Zipf: cs.LG in about a
+third, q-fin.ST in 1.4 %) and a date from 2007 to 2025 (a tenth since 2024), in the arXiv
+snapshot's fields, for the filters. Each step prints a Markdown table row as it ends (steps can
+be run one at a time on the same directory):
 
 * gen: write the JSON Lines file (skipped when it exists);
 * ingest: `rag ingest FILE` in a fresh process: wall time, peak RSS; the index's size on disk;
 * bm25: build the BM25 index whole in a fresh process (an ingest does it when it ends; this
   times it alone): wall time, peak RSS, segments;
 * search: a fresh `rag search --json` process, three times: wall time, peak RSS;
+* filtered: the same with a filter (a common category, a date, a rare category);
 * warm: dense, bm25 and hybrid searches in one warm process, p50/p95 over 50 queries each;
 * serve: `rag serve` until the page answers, its RSS then and after one search;
 * incremental: `rag ingest` of 1,000 new papers into it (new ones at each run): wall time, peak
@@ -44,7 +46,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 VOCABULARY = 60_000
 SYLLABLES = "ka ri to mu ne sa lo vi de an or el us in ma te po ge ul ix".split()
-STEPS = ("gen", "ingest", "bm25", "search", "warm", "serve", "incremental")
+STEPS = ("gen", "ingest", "bm25", "search", "filtered", "warm", "serve", "incremental")
+CATEGORIES = """cs.LG cs.CV cs.CL cs.AI stat.ML cs.RO math.OC cs.IR quant-ph cs.CR eess.IV cs.NE
+cs.SD eess.SP cs.HC math.ST physics.comp-ph cs.DC q-bio.NC econ.EM cs.SE cs.DB cs.GT astro-ph.IM
+hep-th cond-mat.dis-nn math.PR cs.SY eess.AS q-fin.ST""".split()
+FIRST_DAY, DAYS = np.datetime64("2007-04-02"), 6848  # to 2025-12-31
+FILTERS = (("--category", "cs.lg"), ("--since", "2024-01-01"), ("--category", "q-fin.ST"))
 BUILD_BM25 = (
     "from rag.settings import Settings; from rag.store import Store; "
     "from rag.lexical import LexicalIndex; from rag.embed import get_embedder; "
@@ -73,8 +80,22 @@ def sentences(words: np.ndarray, rng: np.random.Generator) -> str:
     return " ".join(out)
 
 
+def categories(rng: np.random.Generator, n: int) -> list[list[str]]:
+    """1 to 3 distinct arXiv categories for each of `n` papers, the first from a Zipf law over
+    `CATEGORIES` (cs.LG the most common: in about a third of the papers)."""
+    weights = 1.0 / np.arange(1, len(CATEGORIES) + 1)
+    weights /= weights.sum()
+    counts = rng.choice([1, 2, 3], n, p=[0.5, 0.35, 0.15])
+    drawn = rng.choice(len(CATEGORIES), (n, 3), p=weights)
+    return [
+        list(dict.fromkeys(CATEGORIES[c] for c in row[:k]))
+        for row, k in zip(drawn, counts, strict=True)
+    ]
+
+
 def write_corpus(path: Path, papers: int, first: int = 0, seed: int = 1) -> None:
-    """`papers` JSON Lines records (ids from `first`), Zipf words, log-normal lengths."""
+    """`papers` records in the arXiv snapshot's form (ids from `first`): Zipf words,
+    log-normal lengths, categories, a date between 2007 and 2025."""
     words = vocabulary()
     rng = np.random.default_rng(seed)
     ranks = np.arange(1, VOCABULARY + 1)
@@ -87,6 +108,8 @@ def write_corpus(path: Path, papers: int, first: int = 0, seed: int = 1) -> None
             lengths = np.clip(rng.lognormal(np.log(270), 0.35, n).astype(int), 40, 700)
             title_lengths = rng.integers(6, 13, n)
             drawn = words[rng.choice(VOCABULARY, int(lengths.sum() + title_lengths.sum()), p=p)]
+            subjects = categories(rng, n)
+            days = FIRST_DAY + rng.integers(0, DAYS, n).astype("timedelta64[D]")
             at = 0
             lines = []
             for i in range(n):
@@ -94,7 +117,13 @@ def write_corpus(path: Path, papers: int, first: int = 0, seed: int = 1) -> None
                 at += title_lengths[i]
                 abstract = sentences(drawn[at : at + lengths[i]], rng)
                 at += lengths[i]
-                record = {"id": f"z{first + start + i:08d}", "title": title, "abstract": abstract}
+                record = {
+                    "id": f"z{first + start + i:08d}",
+                    "title": title,
+                    "abstract": abstract,
+                    "categories": " ".join(subjects[i]),
+                    "update_date": str(days[i]),
+                }
                 lines.append(json.dumps(record))
             out.write("\n".join(lines) + "\n")
 
@@ -277,6 +306,14 @@ def run_steps(args: argparse.Namespace) -> None:
         for attempt in range(3):
             wall, rss, _ = timed(rag("search", "kari tomu nesa", "--json"), index)
             row(f"fresh `rag search --json` (run {attempt + 1})", f"{wall:.1f} s; {rss:.0f} MB")
+    if "filtered" in steps:
+        for flag, value in FILTERS:
+            wall, rss, out = timed(rag("search", "kari tomu nesa", flag, value, "--json"), index)
+            found = len(json.loads(out)["results"])
+            row(
+                f"fresh `rag search {flag} {value} --json`",
+                f"{wall:.1f} s; {rss:.0f} MB; {found} papers",
+            )
     if "warm" in steps:
         _, _, out = timed([sys.executable, __file__, "--warm-child", str(index)], index)
         for mode, (first, p50, p95) in json.loads(out.strip().splitlines()[-1]).items():

@@ -235,28 +235,23 @@ class LexicalIndex:
                 if len(parts) >= int(chunk.metadata.get("n_chunks", 1)):
                     ready[chunk.metadata["paper_id"]] = pending.pop(chunk.metadata["paper_id"])
             if len(ready) >= SEGMENT_PAPERS:
-                segments.append(self._segment(ready, tmp, vectors))
+                segments.append(self._save(draft_of(ready, vectors), tmp))
                 ready = {}
         flushed = {pid for segment in segments for pid in segment.ids}
         for pid, parts in pending.items():  # cut short by an interrupted ingest: what there is
             if pid not in flushed:
                 ready.setdefault(pid, []).extend(parts)
         if ready:
-            segments.append(self._segment(ready, tmp, vectors))
+            segments.append(self._save(draft_of(ready, vectors), tmp))
         lexicon = Lexicon([s for s in segments if s.ids])
         if publish and self.store.stamp() == stamp:
             self._publish(tmp, lexicon, stamp, whole=True)
+            if copies is not None:  # every page's metadata and facets were copied
+                with contextlib.suppress(sqlite3.Error, OSError):
+                    copies.mark_facets_complete()
         else:
             shutil.rmtree(tmp, ignore_errors=True)
         return lexicon
-
-    def _segment(
-        self,
-        papers: dict[str, list[Hit]],
-        folder: Path,
-        vectors: dict[str, np.ndarray] | None = None,
-    ) -> Segment:
-        return self._save(draft_of(papers, vectors), folder)
 
     def _save(self, draft: Draft, folder: Path) -> Segment:
         """`draft` built and saved in `folder` under a new name (kept in memory when the
@@ -412,7 +407,7 @@ class SegmentWriter:
                     ids = [c.chunk_id for chunks in some.values() for c in chunks]
                     vectors.update(index.store.vectors(ids))
             if papers:  # none left alive: no empty segment
-                kept.append(index._segment(papers, index.path, vectors))
+                kept.append(index._save(draft_of(papers, vectors), index.path))
         index._publish(index.path, Lexicon(kept), after, whole=False)
         listed = {s.name for s in kept}
         for folder in index.path.glob("seg-*"):  # merged, or left by an interrupted ingest
@@ -455,6 +450,9 @@ def fill_metadata(copies: ChunkTexts, page: list[Hit]) -> ChunkTexts | None:
 
 
 def lacking_metadata(store: Store) -> ChunkTexts | None:
-    """The store's texts file, when some of its chunks have no copy of their metadata."""
+    """The store's texts file, when some of its chunks have no copy of their metadata or
+    some papers no facets."""
     copies = store.texts
-    return copies if copies is not None and copies.lacks_metadata() else None
+    if copies is None or (copies.facets_complete() and not copies.lacks_metadata()):
+        return None
+    return copies

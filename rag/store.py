@@ -199,6 +199,10 @@ class Store(Collection):
         table = self.table()
         if table is not None:
             return bool(table.mask(filters).any())
+        beside = self.texts
+        found = beside.admitted(filters, limit=1) if beside is not None else None
+        if found is not None:  # from the facets kept beside (`rag.texts`): no Chroma index read
+            return bool(found)
         return bool(self.open().get(where=filters.where(), limit=1, include=[])["ids"])
 
     @guarded
@@ -207,6 +211,10 @@ class Store(Collection):
         table = self.table()
         if table is not None:
             return {table.metas[r]["paper_id"] for r in np.flatnonzero(table.mask(filters))}
+        beside = self.texts
+        found = beside.admitted(filters) if beside is not None else None
+        if found is not None:
+            return found
         where = {"$and": [{"chunk": 0}, filters.where()]} if filters else {"chunk": 0}
         return {meta["paper_id"] for meta in self._get(where, ["metadatas"])["metadatas"]}
 

@@ -241,3 +241,117 @@ def test_an_index_written_before_metadata_was_kept_reads_chroma_until_a_whole_bu
     assert not store.texts.lacks_metadata()
     again = get_retriever(settings, embedder).search("coral reef 7", 3)
     assert [p.paper_id for p in again] == before and again[0].title == "Paper 7"
+
+
+def test_filtered_searches_of_a_large_index_read_the_facets_beside_not_chroma(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filter above the exact table was answered by Chroma's metadata: its whole HNSW
+    index loaded first (3.4 s and 3.3 GB at 1.7M chunks), then every matching chunk read.
+    The facets kept beside the texts answer it by the rules of `Filter.matches` (categories
+    in any case, dates, sources; a paper relisted elsewhere kept up to date),
+    with not one call into Chroma's collection, for every retriever mode."""
+    from dataclasses import replace
+
+    from chromadb.api.models.Collection import Collection
+
+    from rag.api import search
+    from rag.errors import InputError
+    from rag.filters import Filter
+
+    settings = Settings(index_dir=tmp_path / "index", exact_search_max=0)
+    embedder = HashEmbedder()
+    subjects = [("cs.LG",), ("cs.CL", "stat.ML"), ("q-bio.NC",), ()]
+    papers = [
+        replace(
+            make_paper(
+                f"Paper {i}", f"Glacier {i} radar survey of ice flow and melt.", f"{i % 3}.txt"
+            ),
+            categories=subjects[i % 4],
+            date=f"202{i % 5}-0{1 + i % 9}-1{i % 10}" if i % 7 else None,
+        )
+        for i in range(48)
+    ]
+    ingest_papers(papers, settings, embedder)
+    relisted = replace(make_paper("Paper 4", papers[4].abstract, "new.txt"), categories=("cs.LG",))
+    assert ingest_papers([relisted], settings, embedder).papers_updated == 1
+    exact = settings.model_copy(update={"exact_search_max": 100_000})
+    filters = [
+        Filter.from_text(categories="CS.lg"),
+        Filter.from_text(categories="stat.ml q-bio.NC", since="2022-01-01"),
+        Filter.from_text(since="2023-06-01"),
+        Filter.from_text(sources=["new.txt", "2.txt"]),
+        Filter.from_text(categories="cs.cl", sources=["1.txt"]),
+    ]
+    modes = ("dense", "bm25", "hybrid")
+
+    def found(config: Settings, f: Filter, mode: str) -> dict[str, float]:
+        # All the papers a filter admits (their scores tie often: compared as a whole)
+        config = config.model_copy(update={"retriever": mode})
+        got = search("glacier radar survey", config, 60, filters=f, embedder=embedder)
+        return {p.paper_id: round(p.score, 4) for p in got}
+
+    wanted = {(f, mode): found(exact, f, mode) for f in filters for mode in modes}
+    assert all(wanted.values())
+
+    calls: list[str] = []
+    for name in ("get", "query", "count", "peek"):
+        original = getattr(Collection, name)
+
+        def spy(self, *args, _name=name, _original=original, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Collection, name, spy)
+    for (f, mode), scores in wanted.items():
+        assert found(settings, f, mode) == scores, (f, mode)
+    nothing = Filter.from_text(categories="astro-ph.GA")
+    with pytest.raises(InputError, match=r"astro-ph\.GA"):
+        search("glacier", settings, 5, filters=nothing, embedder=embedder)
+    assert calls == []
+    assert relisted.paper_id in Store(settings, embedder.name).admitted_papers(filters[3])
+
+
+def test_facets_are_trusted_only_once_every_paper_has_them(tmp_path: Path) -> None:
+    """An index written before the facets were kept has them for no paper: its filters read
+    Chroma until a whole build fills them in; a row written without metadata makes the file
+    untrusted again, and a failed Chroma write puts the facets back with the texts."""
+    import sqlite3
+
+    from rag.filters import Filter
+    from rag.lexical import LexicalIndex
+
+    settings = Settings(index_dir=tmp_path / "index", exact_search_max=0)
+    embedder = HashEmbedder()
+    papers = [
+        make_paper(f"Paper {i}", f"Coral reef {i} bleaching.", f"{i % 2}.txt") for i in range(20)
+    ]
+    ingest_papers(papers, settings, embedder)
+    store = Store(settings, embedder.name)
+    texts = store.texts
+    assert texts is not None and texts.facets_complete()
+    odd = {p.paper_id for p in papers[1::2]}
+    assert texts.admitted(Filter(sources=("1.txt",))) == odd
+    texts.close()
+    with sqlite3.connect(texts.path) as db:  # as written by the version before
+        db.execute("DROP TABLE facets")
+        db.execute("PRAGMA user_version = 0")
+    store = Store(settings, embedder.name)
+    texts = store.texts
+    assert texts is not None and not texts.facets_complete()
+    assert texts.admitted(Filter(sources=("1.txt",))) is None
+    assert store.admitted_papers(Filter(sources=("1.txt",))) == odd  # from Chroma
+    LexicalIndex(store)._build(store.stamp())
+    assert texts.facets_complete() and texts.admitted(Filter(sources=("1.txt",))) == odd
+
+    first = f"{papers[1].paper_id}#0"
+    before = texts.rows([first])
+    texts.put([first], ["text"], [{"paper_id": papers[1].paper_id, "chunk": 0, "sources": ["x"]}])
+    assert texts.admitted(Filter(sources=("x",))) == {papers[1].paper_id}
+    texts.restore([first], before)
+    assert texts.admitted(Filter(sources=("x",))) == set()
+    assert texts.admitted(Filter(sources=("1.txt",))) == odd
+    texts.delete([first, f"{papers[3].paper_id}#1"])  # a paper gone; another's second chunk
+    assert texts.admitted(Filter(sources=("1.txt",))) == odd - {papers[1].paper_id}
+    texts.put([first], ["text"])  # no metadata: this paper's facets are unknown
+    assert not texts.facets_complete() and texts.admitted(Filter()) is None
