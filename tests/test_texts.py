@@ -25,6 +25,23 @@ def stored_texts(settings: Settings) -> dict[str, str]:
         return dict(db.execute("SELECT id, text FROM texts"))
 
 
+def chroma_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The reads of any Chroma collection from now on, by method name (each one would load an
+    embedded collection's whole HNSW index)."""
+    from chromadb.api.models.Collection import Collection as ChromaCollection
+
+    calls: list[str] = []
+    for name in ("get", "query", "count", "peek"):
+        original = getattr(ChromaCollection, name)
+
+        def spy(self, *args, _name=name, _original=original, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(ChromaCollection, name, spy)
+    return calls
+
+
 def test_an_embedded_index_keeps_each_text_once_beside_chroma(settings: Settings) -> None:
     """Chroma's SQLite kept each text four times (about 180 KB written per chunk): an
     embedded collection now holds vectors and metadata, its texts one row each beside it,
@@ -188,8 +205,6 @@ def test_chunk_metadata_is_copied_beside_so_a_large_search_never_opens_chromas_i
     3.3 GB at 1.7M chunks): a search above the exact table ranks from the BM25 segments and
     reads the papers it returns, text and metadata, from the texts file, with not one call
     into Chroma's collection; metadata an ingest changes without the text is copied too."""
-    from chromadb.api.models.Collection import Collection
-
     settings = Settings(index_dir=tmp_path / "index", exact_search_max=0)
     embedder = HashEmbedder()
     papers = [
@@ -202,15 +217,7 @@ def test_chunk_metadata_is_copied_beside_so_a_large_search_never_opens_chromas_i
     exact = settings.model_copy(update={"exact_search_max": 100_000})
     wanted = get_retriever(exact, embedder).search("glacier 3 radar", 5)
 
-    calls: list[str] = []
-    for name in ("get", "query", "count", "peek"):
-        original = getattr(Collection, name)
-
-        def spy(self, *args, _name=name, _original=original, **kwargs):  # type: ignore[no-untyped-def]
-            calls.append(_name)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(Collection, name, spy)
+    calls = chroma_reads(monkeypatch)
     got = get_retriever(settings, embedder).search("glacier 3 radar", 5)
     assert calls == []
     assert [(p.paper_id, p.text, p.sources, p.dates) for p in got] == [
@@ -253,8 +260,6 @@ def test_filtered_searches_of_a_large_index_read_the_facets_beside_not_chroma(
     with not one call into Chroma's collection, for every retriever mode."""
     from dataclasses import replace
 
-    from chromadb.api.models.Collection import Collection
-
     from rag.api import search
     from rag.errors import InputError
     from rag.filters import Filter
@@ -294,15 +299,7 @@ def test_filtered_searches_of_a_large_index_read_the_facets_beside_not_chroma(
     wanted = {(f, mode): found(exact, f, mode) for f in filters for mode in modes}
     assert all(wanted.values())
 
-    calls: list[str] = []
-    for name in ("get", "query", "count", "peek"):
-        original = getattr(Collection, name)
-
-        def spy(self, *args, _name=name, _original=original, **kwargs):  # type: ignore[no-untyped-def]
-            calls.append(_name)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(Collection, name, spy)
+    calls = chroma_reads(monkeypatch)
     for (f, mode), scores in wanted.items():
         assert found(settings, f, mode) == scores, (f, mode)
     nothing = Filter.from_text(categories="astro-ph.GA")
