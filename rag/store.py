@@ -215,8 +215,10 @@ class Store(Collection):
         found = beside.admitted(filters) if beside is not None else None
         if found is not None:
             return found
+        # Ids only (a paper's first chunk is `PAPER#0`), in one page: read with their metadata
+        # in pages of 10,000, a filter admitting a million papers of a server took 5 minutes.
         where = {"$and": [{"chunk": 0}, filters.where()]} if filters else {"chunk": 0}
-        return {meta["paper_id"] for meta in self._get(where, ["metadatas"])["metadatas"]}
+        return {paper_of(cid) for cid in self._get(where, [])["ids"]}
 
     @guarded
     def vectors(self, ids: list[str]) -> dict[str, np.ndarray]:

@@ -352,3 +352,40 @@ def test_facets_are_trusted_only_once_every_paper_has_them(tmp_path: Path) -> No
     assert texts.admitted(Filter(sources=("1.txt",))) == odd - {papers[1].paper_id}
     texts.put([first], ["text"])  # no metadata: this paper's facets are unknown
     assert not texts.facets_complete() and texts.admitted(Filter()) is None
+
+
+def test_without_facets_a_filter_reads_only_ids_from_chroma_in_large_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where no facets answer (a Chroma server, an older index), the papers a filter admits
+    are read from Chroma as first-chunk ids only, not metadata, in pages far larger than a
+    metadata read's: Chroma pages by offset, so a server took 5 minutes to list a million
+    papers in pages of 10,000 with their metadata, 7 s in one page of ids."""
+    import sqlite3
+
+    from chromadb.api.models.Collection import Collection as ChromaCollection
+
+    import rag.collection
+    from rag.filters import Filter
+
+    settings = Settings(index_dir=tmp_path / "index", exact_search_max=0)
+    embedder = HashEmbedder()
+    papers = [
+        make_paper(f"Paper {i}", f"Coral reef {i} bleaching.", f"{i % 2}.txt") for i in range(30)
+    ]
+    ingest_papers(papers, settings, embedder)
+    path = next((settings.index_dir / "chroma").glob("rag-texts-*.sqlite3"))
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 0")  # facets not trusted: Chroma answers
+    monkeypatch.setattr(rag.collection, "IDS_PAGE", 4, raising=False)
+    reads: list[tuple[list[str], int | None]] = []
+    original = ChromaCollection.get
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        reads.append((list(kwargs.get("include") or []), kwargs.get("limit")))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChromaCollection, "get", spy)
+    found = Store(settings, embedder.name).admitted_papers(Filter(sources=("1.txt",)))
+    assert found == {p.paper_id for p in papers[1::2]}
+    assert reads == [([], 4)] * 5  # 15 ids in pages of 4, and the empty page that ends it
