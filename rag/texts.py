@@ -163,24 +163,18 @@ class ChunkTexts:
                 "INSERT OR REPLACE INTO texts (id, text, meta) VALUES (?, ?, ?)",
                 ((c, *r) for c, r in pairs if r is not None),
             )
-            firsts = [(c, r) for c, r in pairs if c.endswith(FIRST)]
-            db.executemany(
-                "DELETE FROM facets WHERE paper_id = ?",
-                ((c[: -len(FIRST)],) for c, r in firsts if r is None),
-            )
+            drop_facets(db, [c for c, r in pairs if r is None])
+            kept = [(c, r) for c, r in pairs if r is not None and c.endswith(FIRST)]
             keep_facets(
                 db,
-                [c for c, r in firsts if r is not None],
-                [None if r[1] is None else json.loads(r[1]) for _, r in firsts if r is not None],
+                [c for c, _ in kept],
+                [None if m is None else json.loads(m) for _, (_, m) in kept],
             )
 
     def delete(self, ids: Sequence[str]) -> None:
         with self._connection() as db, db:
             db.executemany("DELETE FROM texts WHERE id = ?", ((cid,) for cid in ids))
-            db.executemany(
-                "DELETE FROM facets WHERE paper_id = ?",
-                ((cid[: -len(FIRST)],) for cid in ids if cid.endswith(FIRST)),
-            )
+            drop_facets(db, ids)
 
     def facets_complete(self) -> bool:
         """Whether every paper's facets are kept here (see the module)."""
@@ -256,15 +250,22 @@ def keep_facets(
     rows, lacking = [], []
     for cid, meta in zip(ids, metadatas, strict=True):
         if cid.endswith(FIRST):
-            paper = cid[: -len(FIRST)]
             if meta is None:
-                lacking.append((paper,))
+                lacking.append(cid)
             else:
-                rows.append((paper, *facets_of(meta)))
+                rows.append((cid[: -len(FIRST)], *facets_of(meta)))
     db.executemany("INSERT OR REPLACE INTO facets VALUES (?, ?, ?, ?)", rows)
     if lacking:
-        db.executemany("DELETE FROM facets WHERE paper_id = ?", lacking)
+        drop_facets(db, lacking)
         db.execute("PRAGMA user_version = 0")
+
+
+def drop_facets(db: sqlite3.Connection, ids: Sequence[str]) -> None:
+    """Remove the facets of the papers whose first chunks these are (other ids: nothing)."""
+    db.executemany(
+        "DELETE FROM facets WHERE paper_id = ?",
+        ((cid[: -len(FIRST)],) for cid in ids if cid.endswith(FIRST)),
+    )
 
 
 def facets_query(filters: Filter, limit: int | None) -> tuple[str, list[Any]]:
